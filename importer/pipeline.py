@@ -1,0 +1,376 @@
+"""The import pipeline: probe -> transfer/convert -> resize -> complete, as an explicit phase
+machine.
+
+One sequential pass over the source does almost everything. The bytes, as received, are
+hashed (checksum) and counted (progress) at the bottom of the stack; compression layers are
+peeled off by magic; then the disk format decides the route:
+
+=============================  ===========================================================
+route                          when
+=============================  ===========================================================
+``stream-raw``                 raw, ISO and anything unrecognised: written as it arrives,
+                               sparse, never through ``qemu-img``
+``stream-qcow2``               qcow2 from any source: our own reader places clusters as
+                               they pass; with random access its tables are read first
+``qemu-local``                 VMDK/VHD/VHDX/VDI in a local uncompressed file
+``qemu-nbd``                   VMDK/VHD/VHDX/VDI from a source with random access: qemu-img
+                               reads our source through a loopback NBD socket
+``qemu-scratch``               VMDK/VHD/VHDX/VDI that arrive compressed or from a source
+                               without ranges (or with a checksum to verify first): staged
+                               to a scratch file, then converted
+=============================  ===========================================================
+
+Every phase that changes the target can be undone: any failure aborts the
+:class:`~importer.target.DiskTarget` (the partial file is removed) and removes scratch files.
+A source that changes while it is read (:class:`SourceChanged`) starts the import over.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from . import progress as phases
+from .checksum import Checksum, ChecksumVerifier
+from .errors import CdiImportError, InvalidImage, InvalidSource, ScratchSpaceRequired
+from .formats import magic
+from .formats.decompress import decompress
+from .progress import Progress, ProgressListener
+from .sources import Source, SourceInfo
+from .sources.http import SourceChanged
+from .stream import CHUNK, ChunkReader, prefetch, tap
+from .target import DiskTarget, TargetSpec
+
+log = logging.getLogger(__name__)
+
+MAX_RESTARTS = 3
+"""How often an import starts over because the source changed under it."""
+
+
+@dataclass
+class ImportOptions:
+    checksum: Checksum | None = None
+    scratch_dir: Path | None = None
+    """Where a scratch file may go when one is truly needed; ``None`` means none is allowed
+    (:class:`ScratchSpaceRequired` is raised instead)."""
+    progress: Progress = field(default_factory=Progress)
+
+
+@dataclass
+class ImportResult:
+    """What an import found and did."""
+
+    path: str
+    """The target written: the disk image file or the block device."""
+    format: str
+    """The disk format found inside any compression (raw, qcow2, vmdk, vhd, vhdx, vdi, iso)."""
+    compression: list[str]
+    """Compression layers removed, outermost first (e.g. ``["xz"]``)."""
+    route: str
+    virtual_size: int
+    """Size of the disk the image describes."""
+    disk_size: int
+    """Size of the raw result after resizing to the target."""
+    bytes_received: int
+    """Bytes read from the source (as served, before decompression)."""
+    bytes_written: int
+    """Data bytes written to the target (holes not counted)."""
+    checksum: str | None
+    """``algorithm:hex`` of the bytes received, when a checksum was asked for."""
+    labels: dict[str, str]
+    scratch_bytes: int = 0
+    """Bytes staged to a scratch file (0 on every streaming route)."""
+    preallocated: bool = False
+    seconds: float = 0.0
+
+
+class _Run:
+    """The state of one attempt, threaded through the phase steps."""
+
+    def __init__(self, source: Source, target: DiskTarget, options: ImportOptions) -> None:
+        self.source = source
+        self.target = target
+        self.options = options
+        self.progress = options.progress
+        self.info: SourceInfo | None = None
+        self.verifier: ChecksumVerifier | None = None
+        self.received = 0
+        self.reader: ChunkReader | None = None
+        self.compression: list[str] = []
+        self.format = "raw"
+        self.route = ""
+        self.virtual_size = 0
+        self.scratch_bytes = 0
+        self.cleanup = ExitStack()
+
+    # -- the phase machine -----------------------------------------------------------------
+
+    def run(self) -> ImportResult:
+        steps: dict[str, Callable[[], str]] = {
+            "probe": self.probe,
+            "stream-raw": self.stream_raw,
+            "stream-qcow2": self.stream_qcow2,
+            "qemu-local": self.qemu_local,
+            "qemu-nbd": self.qemu_nbd,
+            "qemu-scratch": self.qemu_scratch,
+            "verify": self.verify,
+            "resize": self.resize,
+        }
+        phase, seen = "probe", set()
+        with self.cleanup:
+            while phase != "complete":
+                if phase in seen:
+                    raise RuntimeError(f"import phase loop: {phase} visited twice")
+                seen.add(phase)
+                log.debug("phase %s", phase)
+                phase = steps[phase]()
+        return self.result
+
+    def probe(self) -> str:
+        self.progress.phase(phases.PROBE)
+        self.info = self.source.open()
+        if self.options.checksum:
+            self.verifier = ChecksumVerifier(self.options.checksum)
+            self.cleanup.callback(self.verifier.close)
+        reader = ChunkReader(prefetch(tap(self.source.chunks(0), self._received)))
+        self.cleanup.callback(reader.close)
+        kind = magic.detect(reader.peek(magic.HEADER_BYTES))
+        while magic.is_compression(kind):
+            self.compression.append(kind)
+            reader = ChunkReader(prefetch(decompress(kind, reader)))
+            self.cleanup.callback(reader.close)
+            kind = magic.detect(reader.peek(magic.HEADER_BYTES))
+        self.reader = reader
+        self.format = kind
+        self.route = self._choose_route(kind)
+        log.info("%s: %s%s via %s", self.info.name, kind,
+                 "".join(f" in {c}" for c in reversed(self.compression)), self.route)
+        return self.route
+
+    def _received(self, chunk: bytes) -> None:
+        self.received += len(chunk)
+        if self.verifier:
+            self.verifier.update(chunk)
+        self.progress.advance(len(chunk))
+
+    def _choose_route(self, kind: str) -> str:
+        assert self.info is not None
+        if kind == "qcow2":
+            return "stream-qcow2"
+        if not magic.needs_conversion(kind):
+            return "stream-raw"
+        plain = not self.compression
+        if plain and hasattr(self.source, "local_path"):
+            return "qemu-local"
+        if plain and self.info.random_access and not self.options.checksum:
+            return "qemu-nbd"
+        return "qemu-scratch"
+
+    # -- streaming routes ---------------------------------------------------------------------
+
+    def _start_transfer(self) -> None:
+        assert self.info is not None
+        self.progress.plan([(phases.TRANSFER, 1.0)])
+        self.progress.phase(phases.TRANSFER, self.info.size)
+        self.progress.update(self.received)
+
+    def stream_raw(self) -> str:
+        assert self.reader is not None and self.info is not None
+        if not self.compression and self.info.size is not None:
+            self.target.check_fits(self.info.size, "image size")
+        self._start_transfer()
+        offset = 0
+        for chunk in self.reader:
+            self.target.write_at(offset, chunk)
+            offset += len(chunk)
+        self.virtual_size = offset
+        return "verify"
+
+    def stream_qcow2(self) -> str:
+        from .formats.qcow2 import convert_qcow2
+
+        assert self.reader is not None and self.info is not None
+        self._start_transfer()
+        read_at = self.source.read_at if self.info.random_access and not self.compression else None
+        result = convert_qcow2(self.reader, self.target, read_at=read_at,
+                               spill_dir=self.options.scratch_dir or self.target.final_path.parent)
+        self.scratch_bytes = result.spilled_bytes
+        self.virtual_size = result.virtual_size
+        self._drain()
+        return "verify"
+
+    def _drain(self) -> None:
+        """Read what the converter left (trailing metadata) so the checksum covers it all."""
+        assert self.reader is not None
+        for _ in self.reader:
+            pass
+
+    # -- qemu-img routes ---------------------------------------------------------------------
+
+    def _qemu_convert(self, url: str) -> None:
+        from .qemu import QemuImg
+
+        qemu = QemuImg()
+        qemu_format = magic.QEMU_FORMAT[self.format]
+        info = qemu.info(url, qemu_format)
+        qemu.validate(info, allowed_formats=(qemu_format,), capacity=self.target.capacity)
+        self.virtual_size = info.virtual_size
+        total = info.virtual_size
+        self.progress.phase(phases.CONVERT, total)
+        qemu.convert(url, qemu_format, str(self.target.work_path),
+                     progress=lambda pct: self.progress.update(int(total * pct / 100), total),
+                     preallocate=self.target.preallocate, dest_is_block=self.target.is_block)
+
+    def qemu_local(self) -> str:
+        path = str(self.source.local_path())  # type: ignore[attr-defined]
+        self.progress.plan([(phases.CONVERT, 1.0)])
+        self._close_stream()
+        if self.verifier:
+            self._hash_local(path)
+        self._qemu_convert(path)
+        return "verify"
+
+    def _hash_local(self, path: str) -> None:
+        assert self.verifier is not None
+        with open(path, "rb") as file:
+            while chunk := file.read(CHUNK):
+                self.verifier.update(chunk)
+
+    def qemu_nbd(self) -> str:
+        from .nbd import NbdServer
+
+        assert self.info is not None and self.info.size is not None
+        self.progress.plan([(phases.CONVERT, 1.0)])
+        self._close_stream()
+        with NbdServer(self.source.read_at, self.info.size) as server:
+            try:
+                self._qemu_convert(server.url)
+            except CdiImportError:
+                if server.first_error is not None:
+                    raise server.first_error
+                raise
+        return "resize"
+
+    def qemu_scratch(self) -> str:
+        assert self.reader is not None and self.info is not None
+        if self.options.scratch_dir is None:
+            raise ScratchSpaceRequired(
+                f"{self.format} image {'compressed with ' + '+'.join(self.compression) if self.compression else 'from a source without random access'} "
+                "needs a scratch directory to be converted")
+        self.progress.plan([(phases.TRANSFER, 1.0), (phases.CONVERT, 1.0)])
+        self._start_transfer()
+        scratch = self._scratch_file()
+        limit = self._scratch_limit()
+        with open(scratch, "wb") as out:
+            for chunk in self.reader:
+                self.scratch_bytes += len(chunk)
+                if self.scratch_bytes > limit:
+                    raise InvalidImage(
+                        f"the {self.format} image is larger than {limit} bytes once decompressed, "
+                        "more than the target could ever hold")
+                out.write(chunk)
+        if self.verifier:
+            self.verify()
+        self._qemu_convert(str(scratch))
+        return "resize"
+
+    def _scratch_file(self) -> Path:
+        assert self.options.scratch_dir is not None
+        self.options.scratch_dir.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix="cdi-scratch-", suffix=f".{self.format}",
+                                    dir=self.options.scratch_dir)
+        os.close(fd)
+        path = Path(name)
+        self.cleanup.callback(lambda: path.unlink(missing_ok=True))
+        return path
+
+    def _scratch_limit(self) -> int:
+        """The most a scratch file may hold: the probed size when the source is not
+        compressed, else what the target could hold plus room for the format's metadata,
+        and never more than the scratch filesystem has free."""
+        assert self.info is not None and self.options.scratch_dir is not None
+        st = os.statvfs(self.options.scratch_dir)
+        free = st.f_bavail * st.f_frsize
+        if not self.compression and self.info.size is not None:
+            needed = self.info.size
+        elif self.target.capacity is not None:
+            needed = self.target.capacity + self.target.capacity // 8 + 64 * 1024 * 1024
+        else:
+            needed = free
+        if needed > free:
+            raise ScratchSpaceRequired(
+                f"the scratch directory has {free} bytes free, {needed} are needed")
+        return needed
+
+    def _close_stream(self) -> None:
+        if self.reader is not None:
+            self.reader.close()
+
+    # -- finishing ---------------------------------------------------------------------------
+
+    def verify(self) -> str:
+        if self.verifier and not getattr(self, "_verified", False):
+            self.progress.phase(phases.VERIFY)
+            self.verifier.verify()
+            self._verified = True
+        return "resize"
+
+    def resize(self) -> str:
+        self.progress.phase(phases.RESIZE)
+        self.disk_size = self.target.commit(self.virtual_size)
+        self.progress.finish()
+        return "complete"
+
+    @property
+    def result(self) -> ImportResult:
+        return ImportResult(
+            path=str(self.target.final_path), format=self.format, compression=self.compression,
+            route=self.route, virtual_size=self.virtual_size, disk_size=self.disk_size,
+            bytes_received=self.received, bytes_written=self.target.bytes_written,
+            checksum=f"{self.verifier.algorithm}:{self.verifier.hexdigest()}" if self.verifier else None,
+            labels=dict(self.info.labels) if self.info else {},
+            scratch_bytes=self.scratch_bytes, preallocated=self.target.preallocate)
+
+
+def run_import(source: Source, target: TargetSpec, options: ImportOptions | None = None) -> ImportResult:
+    """Import ``source`` into ``target``; on any failure nothing that looks complete is left."""
+    options = options or ImportOptions()
+    started = time.monotonic()
+    for attempt in range(MAX_RESTARTS + 1):
+        try:
+            with DiskTarget(target) as disk:
+                result = _Run(source, disk, options).run()
+            result.seconds = time.monotonic() - started
+            return result
+        except SourceChanged:
+            if attempt == MAX_RESTARTS:
+                raise
+            log.warning("the source changed during the import; starting over")
+        finally:
+            source.close()
+    raise AssertionError("unreachable")
+
+
+def create_blank(target: TargetSpec, progress: Progress | None = None) -> ImportResult:
+    """A blank raw disk of the target's capacity (CDI's ``source: blank``)."""
+    progress = progress or Progress()
+    started = time.monotonic()
+    with DiskTarget(target) as disk:
+        if disk.capacity is None:
+            raise InvalidSource("a blank image needs a size")
+        progress.phase(phases.RESIZE)
+        size = disk.commit(disk.capacity)
+        progress.finish()
+    return ImportResult(path=str(disk.final_path), format="raw", compression=[], route="blank",
+                        virtual_size=size, disk_size=size, bytes_received=0,
+                        bytes_written=disk.bytes_written, checksum=None, labels={},
+                        preallocated=target.preallocate, seconds=time.monotonic() - started)
+
+
+__all__ = ["ImportOptions", "ImportResult", "run_import", "create_blank", "ProgressListener"]

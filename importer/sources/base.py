@@ -1,0 +1,121 @@
+"""The one interface every source implements, and the retry/resume loop they share.
+
+A source is opened once (:meth:`Source.open`, which learns the size and whether random access
+works), then read either as one sequential stream (:meth:`Source.chunks`) or, when
+``info.random_access`` is true, by ranges (:meth:`Source.read_at`). Sources raise the errors
+of :mod:`importer.errors`; temporary faults inside ``chunks`` are retried by
+:func:`resuming_chunks`, which reopens the stream at the byte where it broke.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+from ..errors import SourceUnavailable, TemporaryError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SourceInfo:
+    size: int | None
+    """Bytes the source will deliver (as served, before any decompression), when known."""
+    random_access: bool
+    """True when :meth:`Source.read_at` works (HTTP ranges, S3, a local file)."""
+    name: str = ""
+    """A short name for messages: the URL without credentials, or the path."""
+    labels: dict[str, str] = field(default_factory=dict)
+    """Labels learned from the source (registry image env ``*_KUBEVIRT_IO_*``)."""
+
+
+@dataclass
+class RetryPolicy:
+    """How long temporary faults are retried inside one process before giving up."""
+
+    attempts: int = 8
+    """Tries after the first failure, per stream; resets whenever bytes flow again."""
+    initial_delay: float = 0.5
+    max_delay: float = 15.0
+    stall_timeout: float = 60.0
+    """Seconds without a byte before a connection counts as dead."""
+    connect_timeout: float = 20.0
+
+    def delays(self) -> Iterator[float]:
+        delay = self.initial_delay
+        for _ in range(self.attempts):
+            yield delay
+            delay = min(self.max_delay, delay * 2)
+
+
+class Source(ABC):
+    """A place an image comes from."""
+
+    kind = "source"
+
+    @abstractmethod
+    def open(self) -> SourceInfo:
+        """Connect, check that the object exists and is readable, and describe it.
+
+        Raises a PermanentError for what retrying cannot fix (404, 401/403, bad URL)."""
+
+    @abstractmethod
+    def chunks(self, start: int = 0) -> Iterator[bytes]:
+        """The bytes from ``start`` to the end, in order, resuming over temporary faults."""
+
+    def read_at(self, offset: int, length: int) -> bytes:
+        """``length`` bytes at ``offset`` (fewer only at the end). Needs ``random_access``."""
+        raise NotImplementedError(f"{self.kind} source has no random access")
+
+    def close(self) -> None:
+        """Release connections and temporary files."""
+
+    def __enter__(self) -> "Source":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+OpenAt = Callable[[int], Iterator[bytes]]
+
+
+def resuming_chunks(
+    open_at: OpenAt,
+    start: int,
+    policy: RetryPolicy,
+    describe: str,
+    on_retry: Callable[[TemporaryError, float], None] | None = None,
+) -> Iterator[bytes]:
+    """Yield the stream from ``start``; on a temporary fault, wait and reopen at the next byte.
+
+    ``open_at(offset)`` must return an iterator that starts exactly at ``offset`` (the source
+    decides how: a Range request, skipping bytes when the server ignores ranges, ...). The
+    retry budget is per failure streak: any progress refills it, so a long transfer over a
+    flaky link finishes, while a source that is simply down fails after ``policy.attempts``.
+    """
+    position = start
+    delays = policy.delays()
+    while True:
+        try:
+            for chunk in open_at(position):
+                if chunk:
+                    position += len(chunk)
+                    delays = policy.delays()
+                    yield chunk
+            return
+        except TemporaryError as error:
+            delay = next(delays, None)
+            if delay is None:
+                raise SourceUnavailable(
+                    f"{describe}: giving up after {policy.attempts} retries: {error}"
+                ) from error
+            if isinstance(error, SourceUnavailable) and error.retry_after:
+                delay = max(delay, min(error.retry_after, policy.max_delay))
+            log.warning("%s: %s; resuming at byte %d in %.1fs", describe, error, position, delay)
+            if on_retry:
+                on_retry(error, delay)
+            time.sleep(delay)

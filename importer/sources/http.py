@@ -1,0 +1,289 @@
+"""HTTP(S) source: one GET, resumed with Range requests when the connection breaks.
+
+Transitions: ``open`` (GET from byte 0; the response is kept and becomes the first stream)
+-> ``chunks`` (that body; after a temporary fault, ``Range: bytes=N-`` with ``If-Range`` on
+the ETag or Last-Modified, so a changed file is never spliced onto an old one)
+-> ``read_at`` (ranged GETs, used for qcow2 metadata and by qemu-img through the NBD server
+when the server advertises ``Accept-Ranges: bytes``).
+
+What it copes with, because real servers do it: no HEAD support (never sends HEAD), no
+``Accept-Ranges`` (a resume then skips the bytes it already has), a wrong ``Content-Type``
+(ignored: the bytes decide the format), intermittent 503/429 (retried, honouring
+``Retry-After``), resets and stalls mid-body (resumed). Credentials: basic auth from
+``accessKeyId``/``secretKey``, extra headers and secret headers; ``Authorization`` and
+secret headers are sent to the original host only, never across a redirect to another host.
+Proxies come from the environment (``http_proxy``, ``https_proxy``, ``no_proxy``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Iterator, Mapping
+from urllib.parse import urljoin, urlsplit, urlunsplit
+
+import requests
+import urllib3
+
+from ..errors import (AuthenticationFailed, CdiImportError, InvalidSource, PermanentError,
+                      SourceNotFound, SourceUnavailable, TemporaryError)
+from ..stream import CHUNK
+from . import SourceOptions
+from .base import Source, SourceInfo, resuming_chunks
+from .tls import verify_setting
+
+log = logging.getLogger(__name__)
+
+MAX_REDIRECTS = 10
+USER_AGENT = "cdi-py-importer"
+_CONNECT_PREFIX = "Unable to connect to http data source"
+
+
+class SourceChanged(TemporaryError):
+    """The object changed while it was being read; the import must start over."""
+
+    reason = "SourceChanged"
+
+
+def parse_headers(lines: list[str]) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    for line in lines:
+        name, sep, value = line.partition(":")
+        if not sep or not name.strip():
+            raise InvalidSource(f"invalid header {line.split(':')[0]!r}: expected 'Name: value'")
+        headers[name.strip()] = value.strip()
+    return headers
+
+
+def redact(url: str) -> str:
+    """The URL without user:password, for messages and logs."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port:
+        host += f":{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+
+
+class HttpSource(Source):
+    kind = "http"
+
+    def __init__(self, url: str, options: SourceOptions) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise InvalidSource(f"invalid http source URL {redact(url)!r}")
+        self.url = url
+        self.name = redact(url)
+        self.options = options
+        self._auth = self._credentials(parts)
+        self._headers = {"User-Agent": USER_AGENT, **parse_headers(options.extra_headers)}
+        self._secret_headers = parse_headers(options.secret_headers)
+        self._verify = verify_setting(options)
+        self._local = threading.local()
+        self._first: requests.Response | None = None
+        self.final_url = url
+        self.size: int | None = None
+        self.validator: str | None = None
+        self.accepts_ranges = False
+
+    def _credentials(self, parts: object) -> tuple[str, str] | None:
+        if self.options.access_key_id is not None:
+            return (self.options.access_key_id, self.options.secret_key or "")
+        username, password = getattr(parts, "username"), getattr(parts, "password")
+        if username is not None:
+            return (username, password or "")
+        return None
+
+    # -- requests ------------------------------------------------------------------------
+
+    def _session(self) -> requests.Session:
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = requests.Session()
+            session.verify = self._verify
+            adapter = requests.adapters.HTTPAdapter(pool_connections=2, pool_maxsize=8, max_retries=0)
+            session.mount("http://", adapter)
+            session.mount("https://", adapter)
+            self._local.session = session
+        return session
+
+    def _get(self, extra: Mapping[str, str] | None = None) -> requests.Response:
+        """GET following redirects by hand, so credentials stay on the original host."""
+        origin = urlsplit(self.url).netloc.rsplit("@", 1)[-1]
+        url = self.url
+        for _ in range(MAX_REDIRECTS + 1):
+            same_host = urlsplit(url).netloc.rsplit("@", 1)[-1] == origin
+            headers = dict(self._headers, **(extra or {}))
+            if same_host:
+                headers.update(self._secret_headers)
+            try:
+                response = self._session().get(
+                    redact(url), headers=headers, stream=True, allow_redirects=False,
+                    auth=self._auth if same_host else None,
+                    timeout=(self.options.retry.connect_timeout, self.options.retry.stall_timeout))
+            except requests.exceptions.SSLError as error:
+                raise PermanentError(
+                    f"{_CONNECT_PREFIX}: TLS verification of {self.name} failed: {error}. "
+                    "Provide the server's CA (certConfigMap / --cert-dir) or set insecureSkipVerify",
+                    reason="TLSError") from error
+            except requests.exceptions.InvalidURL as error:
+                raise InvalidSource(f"invalid http source URL {self.name!r}: {error}") from error
+            except requests.exceptions.RequestException as error:
+                raise SourceUnavailable(f"{_CONNECT_PREFIX}: {_describe(error)}") from error
+            if response.is_redirect and "location" in response.headers:
+                url = urljoin(url, response.headers["location"])
+                response.close()
+                continue
+            self.final_url = url
+            return response
+        raise PermanentError(f"{_CONNECT_PREFIX}: more than {MAX_REDIRECTS} redirects from {self.name}")
+
+    def _check_status(self, response: requests.Response, allowed: tuple[int, ...] = (200,)) -> None:
+        code = response.status_code
+        if code in allowed:
+            return
+        detail = (f"{_CONNECT_PREFIX}: expected status code {allowed[0]}, got {code}. "
+                  f"Status: {code} {response.reason}")
+        response.close()
+        if code in (404, 410):
+            raise SourceNotFound(detail)
+        if code in (401, 403, 407):
+            raise AuthenticationFailed(detail + ": check the credentials (accessKeyId/secretKey)")
+        if code in (408, 425, 429) or code >= 500:
+            raise SourceUnavailable(detail, retry_after=_retry_after(response))
+        raise PermanentError(detail)
+
+    # -- Source ---------------------------------------------------------------------------
+
+    def open(self) -> SourceInfo:
+        def first_response() -> Iterator[bytes]:
+            response = self._get()
+            self._check_status(response)
+            self._first = response
+            return iter(())
+
+        # the first GET is retried like any other temporary fault
+        for _ in resuming_chunks(lambda _: first_response(), 0, self.options.retry, self.name):
+            pass
+        response = self._first
+        assert response is not None
+        length = response.headers.get("content-length")
+        encoding = response.headers.get("content-encoding", "identity").lower()
+        self.size = int(length) if length and length.isdigit() else None
+        self.validator = _validator(response)
+        self.accepts_ranges = response.headers.get("accept-ranges", "").lower() == "bytes"
+        content_type = response.headers.get("content-type", "")
+        if content_type.startswith("text/"):
+            log.warning("%s is served as %s; importing it anyway (the bytes decide the format)",
+                        self.name, content_type)
+        random_access = self.accepts_ranges and self.size is not None and encoding == "identity"
+        return SourceInfo(size=self.size, random_access=random_access, name=self.name)
+
+    def chunks(self, start: int = 0) -> Iterator[bytes]:
+        return resuming_chunks(self._open_at, start, self.options.retry, self.name)
+
+    def _open_at(self, offset: int) -> Iterator[bytes]:
+        if offset == 0 and self._first is not None:
+            response, self._first = self._first, None
+        else:
+            response = self._resume(offset)
+        return self._body(response, skip=self._skip_for(response, offset))
+
+    def _resume(self, offset: int) -> requests.Response:
+        headers = {"Range": f"bytes={offset}-"}
+        if self.validator:
+            headers["If-Range"] = self.validator
+        response = self._get(headers)
+        try:
+            self._check_status(response, (206, 200))
+        except SourceNotFound as error:
+            # it existed a moment ago: a file being replaced, a server restarting
+            raise SourceUnavailable(f"{error} (while resuming at byte {offset})") from error
+        if response.status_code == 200 and offset:
+            now = _validator(response)
+            if self.validator and now != self.validator:
+                response.close()
+                raise SourceChanged(f"{self.name} changed while it was being imported "
+                                    f"(validator {self.validator} -> {now}); starting over")
+        return response
+
+    @staticmethod
+    def _skip_for(response: requests.Response, offset: int) -> int:
+        """Bytes to drop from a 200 answer to a Range request (a server without ranges)."""
+        return offset if response.status_code == 200 else 0
+
+    def _body(self, response: requests.Response, skip: int) -> Iterator[bytes]:
+        try:
+            for chunk in response.raw.stream(CHUNK, decode_content=False):
+                if skip:
+                    if len(chunk) <= skip:
+                        skip -= len(chunk)
+                        continue
+                    chunk, skip = chunk[skip:], 0
+                yield chunk
+        except (urllib3.exceptions.HTTPError, requests.exceptions.RequestException, OSError) as error:
+            raise SourceUnavailable(f"transfer from {self.name} broke: {_describe(error)}") from error
+        finally:
+            response.close()
+
+    def read_at(self, offset: int, length: int) -> bytes:
+        if length <= 0:
+            return b""
+        end = offset + length - 1
+        if self.size is not None:
+            end = min(end, self.size - 1)
+            if offset > end:
+                return b""
+
+        def fetch(_: int) -> Iterator[bytes]:
+            headers = {"Range": f"bytes={offset}-{end}"}
+            if self.validator:
+                headers["If-Match"] = self.validator
+            response = self._get(headers)
+            if response.status_code == 412:
+                response.close()
+                raise SourceChanged(f"{self.name} changed while it was being imported")
+            self._check_status(response, (206,))
+            try:
+                yield response.content
+            except (urllib3.exceptions.HTTPError, requests.exceptions.RequestException) as error:
+                raise SourceUnavailable(f"ranged read from {self.name} broke: {_describe(error)}") from error
+
+        data = b"".join(resuming_chunks(fetch, 0, self.options.retry, self.name))
+        if len(data) != end - offset + 1:
+            raise SourceUnavailable(f"short ranged read from {self.name}")
+        return data
+
+    def close(self) -> None:
+        if self._first is not None:
+            self._first.close()
+            self._first = None
+        session = getattr(self._local, "session", None)
+        if session is not None:
+            session.close()
+
+
+def _validator(response: requests.Response) -> str | None:
+    etag = response.headers.get("etag")
+    if etag and not etag.startswith("W/"):
+        return etag
+    return response.headers.get("last-modified")
+
+
+def _retry_after(response: requests.Response) -> float | None:
+    value = response.headers.get("retry-after", "")
+    return float(value) if value.isdigit() else None
+
+
+def _describe(error: BaseException) -> str:
+    """A one-line cause, without urllib3's nested repr noise."""
+    text = str(error)
+    for marker in ("Failed to resolve", "Name or service not known", "Connection refused",
+                   "Connection reset", "timed out", "Read timed out", "IncompleteRead"):
+        if marker in text:
+            return f"{marker.lower()} ({text[:200]})"
+    return text[:300] or type(error).__name__
+
+
+__all__ = ["HttpSource", "SourceChanged", "parse_headers", "redact", "CdiImportError"]
