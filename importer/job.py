@@ -11,7 +11,7 @@ from .checksum import Checksum
 from .pipeline import ImportOptions, ImportResult, create_blank, run_import
 from .progress import Progress
 from .settings import PodSettings
-from .sources import SourceOptions, open_source
+from .sources import RetryPolicy, SourceOptions, open_source
 from .target import TargetSpec
 
 
@@ -20,7 +20,8 @@ def source_options(settings: PodSettings) -> SourceOptions:
         access_key_id=settings.access_key_id, secret_key=settings.secret_key,
         cert_dir=settings.cert_dir, proxy_cert_dir=settings.proxy_cert_dir,
         insecure=settings.insecure_tls, extra_headers=settings.extra_headers,
-        secret_headers=settings.secret_headers, architecture=settings.architecture)
+        secret_headers=settings.secret_headers, architecture=settings.architecture,
+        retry=RetryPolicy(attempts=settings.retry_attempts))
 
 
 def target_spec(settings: PodSettings) -> TargetSpec:

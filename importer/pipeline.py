@@ -38,7 +38,8 @@ from typing import Callable
 
 from . import progress as phases
 from .checksum import Checksum, ChecksumVerifier
-from .errors import CdiImportError, InvalidImage, InvalidSource, ScratchSpaceRequired
+from .errors import (CdiImportError, ImageTooLarge, InvalidSource, PermanentError,
+                     ScratchSpaceRequired)
 from .formats import magic
 from .formats.decompress import decompress
 from .progress import Progress, ProgressListener
@@ -271,10 +272,13 @@ class _Run:
             for chunk in self.reader:
                 self.scratch_bytes += len(chunk)
                 if self.scratch_bytes > limit:
-                    raise InvalidImage(
-                        f"the {self.format} image is larger than {limit} bytes once decompressed, "
-                        "more than the target could ever hold")
-                out.write(chunk)
+                    raise ImageTooLarge(self.scratch_bytes, limit, "decompressed image size")
+                try:
+                    out.write(chunk)
+                except OSError as error:
+                    raise PermanentError(
+                        f"the scratch space filled up after {self.scratch_bytes} bytes of the "
+                        f"decompressed {self.format} image: {error}", reason="ScratchSpaceTooSmall") from error
         if self.verifier:
             self.verify()
         self._qemu_convert(str(scratch))
@@ -291,22 +295,21 @@ class _Run:
         return path
 
     def _scratch_limit(self) -> int:
-        """The most a scratch file may hold: the probed size when the source is not
-        compressed, else what the target could hold plus room for the format's metadata,
-        and never more than the scratch filesystem has free."""
+        """The most the scratch file may hold. Uncompressed, the probe gave the exact size and
+        the scratch filesystem must have room for it now. Compressed, the decompressed image
+        can be no bigger than what the target could hold plus room for the format's metadata;
+        past that it is refused (a decompression bomb or an image too large)."""
         assert self.info is not None and self.options.scratch_dir is not None
-        st = os.statvfs(self.options.scratch_dir)
-        free = st.f_bavail * st.f_frsize
         if not self.compression and self.info.size is not None:
-            needed = self.info.size
-        elif self.target.capacity is not None:
-            needed = self.target.capacity + self.target.capacity // 8 + 64 * 1024 * 1024
-        else:
-            needed = free
-        if needed > free:
-            raise ScratchSpaceRequired(
-                f"the scratch directory has {free} bytes free, {needed} are needed")
-        return needed
+            st = os.statvfs(self.options.scratch_dir)
+            free = st.f_bavail * st.f_frsize
+            if self.info.size > free:
+                raise ScratchSpaceRequired(
+                    f"the scratch directory has {free} bytes free, the image needs {self.info.size}")
+            return self.info.size
+        if self.target.capacity is not None:
+            return self.target.capacity + self.target.capacity // 8 + 64 * 1024 * 1024
+        return 1 << 62
 
     def _close_stream(self) -> None:
         if self.reader is not None:

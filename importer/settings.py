@@ -51,6 +51,8 @@ class PodSettings:
     termination_message_path: Path = Path("/dev/termination-log")
     metrics_port: int = 8443
     """0 disables the metrics endpoint (the library and tests need no server)."""
+    retry_attempts: int = 8
+    """Retries of a temporary fault inside the pod before it exits for kubelet to restart it."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "PodSettings":
@@ -83,6 +85,7 @@ class PodSettings:
             scratch_dir=Path(scratch) if scratch and Path(scratch).is_dir() else None,
             termination_message_path=Path(env.get("IMPORTER_TERMINATION_MESSAGE_PATH", "/dev/termination-log")),
             metrics_port=int(env.get("IMPORTER_METRICS_PORT", "8443")),
+            retry_attempts=int(env.get("IMPORTER_RETRY_ATTEMPTS", "8")),
         )
 
     @property

@@ -61,9 +61,9 @@ def data_runs(data: bytes, block: int = BLOCK) -> list[tuple[int, int]]:
 
 
 def usable_space(available: int, overhead: float) -> int:
-    """Bytes of disk image that fit in ``available`` bytes of filesystem, as CDI computes it:
-    round down to MiB of ceil(available / (1 + overhead))."""
-    usable = math.ceil(available / (1.0 + overhead))
+    """Bytes of disk image that fit in ``available`` bytes of filesystem, as CDI's importer
+    computes it: ceil((1 - overhead) * available), rounded down to a whole MiB."""
+    usable = math.ceil((1.0 - overhead) * available)
     return usable // MiB * MiB
 
 

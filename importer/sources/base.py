@@ -111,7 +111,7 @@ def resuming_chunks(
             delay = next(delays, None)
             if delay is None:
                 raise SourceUnavailable(
-                    f"{describe}: giving up after {policy.attempts} retries: {error}"
+                    f"{error} ({describe}: gave up after {policy.attempts} retries)"
                 ) from error
             if isinstance(error, SourceUnavailable) and error.retry_after:
                 delay = max(delay, min(error.retry_after, policy.max_delay))

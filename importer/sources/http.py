@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Iterator, Mapping
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
@@ -215,7 +216,7 @@ class HttpSource(Source):
 
     def _body(self, response: requests.Response, skip: int) -> Iterator[bytes]:
         try:
-            for chunk in response.raw.stream(CHUNK, decode_content=False):
+            for chunk in _coalesced(response.raw):
                 if skip:
                     if len(chunk) <= skip:
                         skip -= len(chunk)
@@ -262,6 +263,29 @@ class HttpSource(Source):
         session = getattr(self._local, "session", None)
         if session is not None:
             session.close()
+
+
+def _coalesced(raw: urllib3.response.BaseHTTPResponse, linger: float = 0.25) -> Iterator[bytes]:
+    """The body in chunks of up to CHUNK bytes, handed on early when the link is slow.
+
+    ``read(CHUNK)`` would wait for a full 4 MiB, so on a slow link progress (and the
+    decompressor) would move in 4 MiB jumps; ``read1`` returns what has arrived, and small
+    reads are joined until a chunk is full or ``linger`` seconds have passed.
+    """
+    parts: list[bytes] = []
+    size = 0
+    since = time.monotonic()
+    while True:
+        data = raw.read1(CHUNK - size, decode_content=False)
+        if not data:
+            break
+        parts.append(data)
+        size += len(data)
+        if size >= CHUNK or time.monotonic() - since >= linger:
+            yield parts[0] if len(parts) == 1 else b"".join(parts)
+            parts, size, since = [], 0, time.monotonic()
+    if parts:
+        yield b"".join(parts)
 
 
 def _validator(response: requests.Response) -> str | None:

@@ -31,7 +31,7 @@ class Nginx:
         self.process.wait(10)
 
 
-def start_nginx(root: Path, prefix: Path, ca: TestCA, rate: str = "2m") -> Nginx:
+def start_nginx(root: Path, prefix: Path, ca: TestCA, rate: str = "1m") -> Nginx:
     if not shutil.which("nginx"):
         raise RuntimeError("nginx is not installed: run scripts/setup")
     prefix.mkdir(parents=True, exist_ok=True)
