@@ -11,6 +11,7 @@
     │   ├── UnsafeImage             backing files, external data, path escapes
     │   ├── ImageTooLarge           the image does not fit the target
     │   └── ChecksumMismatch        the bytes received are not the bytes promised
+    ├── SourceChanged               the object changed mid-transfer: start the import over
     └── ScratchSpaceRequired        a named outcome: this import needs a scratch directory
 
 The pod entrypoint turns these into CDI's termination message and an exit code; the
@@ -111,4 +112,15 @@ class ScratchSpaceRequired(CdiImportError):
     """The source and format need a scratch directory, and none was given."""
 
     reason = "ScratchSpaceRequired"
+    permanent = False
+
+
+class SourceChanged(CdiImportError):
+    """The object changed while it was being read (new ETag / Last-Modified).
+
+    Not a TemporaryError: resuming the same stream cannot help and must not splice two
+    versions together. The pipeline starts the whole import over, a bounded number of times.
+    """
+
+    reason = "SourceChanged"
     permanent = False

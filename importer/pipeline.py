@@ -39,12 +39,11 @@ from typing import Callable
 from . import progress as phases
 from .checksum import Checksum, ChecksumVerifier
 from .errors import (CdiImportError, ImageTooLarge, InvalidSource, PermanentError,
-                     ScratchSpaceRequired)
+                     ScratchSpaceRequired, SourceChanged)
 from .formats import magic
 from .formats.decompress import decompress
 from .progress import Progress, ProgressListener
 from .sources import Source, SourceInfo
-from .sources.http import SourceChanged
 from .stream import CHUNK, ChunkReader, prefetch, tap
 from .target import DiskTarget, TargetSpec
 
@@ -154,6 +153,10 @@ class _Run:
                  "".join(f" in {c}" for c in reversed(self.compression)), self.route)
         return self.route
 
+    def _served(self, nbytes: int) -> None:
+        """Bytes qemu-img read from the source through the NBD socket."""
+        self.received += nbytes
+
     def _received(self, chunk: bytes) -> None:
         self.received += len(chunk)
         if self.verifier:
@@ -215,12 +218,12 @@ class _Run:
     # -- qemu-img routes ---------------------------------------------------------------------
 
     def _qemu_convert(self, url: str) -> None:
-        from .qemu import QemuImg
+        from .qemu import QemuImg, validate
 
         qemu = QemuImg()
         qemu_format = magic.QEMU_FORMAT[self.format]
         info = qemu.info(url, qemu_format)
-        qemu.validate(info, allowed_formats=(qemu_format,), capacity=self.target.capacity)
+        validate(info, allowed_formats=(qemu_format,), capacity=self.target.capacity)
         self.virtual_size = info.virtual_size
         total = info.virtual_size
         self.progress.phase(phases.CONVERT, total)
@@ -249,7 +252,7 @@ class _Run:
         assert self.info is not None and self.info.size is not None
         self.progress.plan([(phases.CONVERT, 1.0)])
         self._close_stream()
-        with NbdServer(self.source.read_at, self.info.size) as server:
+        with NbdServer(self.source.read_at, self.info.size, on_read=self._served) as server:
             try:
                 self._qemu_convert(server.url)
             except CdiImportError:

@@ -18,8 +18,6 @@ from tests.servers.images import Image, build_images
 from tests.servers.nginx import Nginx, start_nginx
 from tests.servers.pki import TestCA, make_ca
 
-import importlib.util as _u
-pytest_plugins = [m for m in ["tests.servers.registry", "tests.servers.seaweed"] if _u.find_spec(m)]  # TEMP
 
 
 @pytest.fixture(scope="session")

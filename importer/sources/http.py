@@ -26,8 +26,8 @@ from urllib.parse import urljoin, urlsplit, urlunsplit
 import requests
 import urllib3
 
-from ..errors import (AuthenticationFailed, CdiImportError, InvalidSource, PermanentError,
-                      SourceNotFound, SourceUnavailable, TemporaryError)
+from ..errors import (AuthenticationFailed, InvalidSource, PermanentError, SourceChanged,
+                      SourceNotFound, SourceUnavailable)
 from ..stream import CHUNK
 from . import SourceOptions
 from .base import Source, SourceInfo, resuming_chunks
@@ -38,12 +38,6 @@ log = logging.getLogger(__name__)
 MAX_REDIRECTS = 10
 USER_AGENT = "cdi-py-importer"
 _CONNECT_PREFIX = "Unable to connect to http data source"
-
-
-class SourceChanged(TemporaryError):
-    """The object changed while it was being read; the import must start over."""
-
-    reason = "SourceChanged"
 
 
 def parse_headers(lines: list[str]) -> dict[str, str]:
@@ -102,7 +96,6 @@ class HttpSource(Source):
         session = getattr(self._local, "session", None)
         if session is None:
             session = requests.Session()
-            session.verify = self._verify
             adapter = requests.adapters.HTTPAdapter(pool_connections=2, pool_maxsize=8, max_retries=0)
             session.mount("http://", adapter)
             session.mount("https://", adapter)
@@ -119,8 +112,10 @@ class HttpSource(Source):
             if same_host:
                 headers.update(self._secret_headers)
             try:
+                # verify= per request: a session's verify loses to REQUESTS_CA_BUNDLE
                 response = self._session().get(
                     redact(url), headers=headers, stream=True, allow_redirects=False,
+                    verify=self._verify,
                     auth=self._auth if same_host else None,
                     timeout=(self.options.retry.connect_timeout, self.options.retry.stall_timeout))
             except requests.exceptions.SSLError as error:
@@ -140,7 +135,11 @@ class HttpSource(Source):
             return response
         raise PermanentError(f"{_CONNECT_PREFIX}: more than {MAX_REDIRECTS} redirects from {self.name}")
 
-    def _check_status(self, response: requests.Response, allowed: tuple[int, ...] = (200,)) -> None:
+    def _check_status(self, response: requests.Response, allowed: tuple[int, ...] = (200,),
+                      existed: bool = False) -> None:
+        """Raise the error a status code means. ``existed``: the object was there a moment
+        ago (resume, ranged read), so a 404 is a file being replaced or a server restarting,
+        and is retried like a 503 instead of failing the import."""
         code = response.status_code
         if code in allowed:
             return
@@ -148,6 +147,8 @@ class HttpSource(Source):
                   f"Status: {code} {response.reason}")
         response.close()
         if code in (404, 410):
+            if existed:
+                raise SourceUnavailable(detail + " (it existed when the import started)")
             raise SourceNotFound(detail)
         if code in (401, 403, 407):
             raise AuthenticationFailed(detail + ": check the credentials (accessKeyId/secretKey)")
@@ -196,11 +197,7 @@ class HttpSource(Source):
         if self.validator:
             headers["If-Range"] = self.validator
         response = self._get(headers)
-        try:
-            self._check_status(response, (206, 200))
-        except SourceNotFound as error:
-            # it existed a moment ago: a file being replaced, a server restarting
-            raise SourceUnavailable(f"{error} (while resuming at byte {offset})") from error
+        self._check_status(response, (206, 200), existed=True)
         if response.status_code == 200 and offset:
             now = _validator(response)
             if self.validator and now != self.validator:
@@ -245,9 +242,11 @@ class HttpSource(Source):
             if response.status_code == 412:
                 response.close()
                 raise SourceChanged(f"{self.name} changed while it was being imported")
-            self._check_status(response, (206,))
+            self._check_status(response, (206,), existed=True)
             try:
-                yield response.content
+                # read no more than asked, even from a server that sends past the range end
+                yield response.raw.read(end - offset + 1, decode_content=False)
+                response.close()
             except (urllib3.exceptions.HTTPError, requests.exceptions.RequestException) as error:
                 raise SourceUnavailable(f"ranged read from {self.name} broke: {_describe(error)}") from error
 
@@ -276,7 +275,12 @@ def _coalesced(raw: urllib3.response.BaseHTTPResponse, linger: float = 0.25) -> 
     size = 0
     since = time.monotonic()
     while True:
-        data = raw.read1(CHUNK - size, decode_content=False)
+        try:
+            data = raw.read1(CHUNK - size, decode_content=False)
+        except Exception:
+            if parts:  # what arrived before the fault counts: the resume starts after it
+                yield b"".join(parts)
+            raise
         if not data:
             break
         parts.append(data)
@@ -310,4 +314,4 @@ def _describe(error: BaseException) -> str:
     return text[:300] or type(error).__name__
 
 
-__all__ = ["HttpSource", "SourceChanged", "parse_headers", "redact", "CdiImportError"]
+__all__ = ["HttpSource", "parse_headers", "redact"]

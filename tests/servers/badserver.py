@@ -89,16 +89,18 @@ class BadServer:
         ranged = behaviour != "no-accept-ranges" and request.http_range.start is not None
         if ranged and request.headers.get("If-Range", etag) != etag:
             ranged = False
+        stop = size
         if ranged:
             start = request.http_range.start or 0
+            stop = min(size, request.http_range.stop or size)
         response = web.StreamResponse(status=206 if ranged else 200)
-        response.content_length = size - start
+        response.content_length = stop - start
         response.headers["ETag"] = etag
         response.headers["Content-Type"] = "text/html" if behaviour == "bad-content-type" else "application/octet-stream"
         if behaviour != "no-accept-ranges":
             response.headers["Accept-Ranges"] = "bytes"
         if ranged:
-            response.headers["Content-Range"] = f"bytes {start}-{size - 1}/{size}"
+            response.headers["Content-Range"] = f"bytes {start}-{stop - 1}/{size}"
         await response.prepare(request)
         if request.method == "HEAD":
             return response
@@ -109,7 +111,7 @@ class BadServer:
         sent = 0
         with open(path, "rb") as file:
             file.seek(start)
-            while chunk := file.read(step):
+            while chunk := file.read(min(step, stop - start - sent)):
                 if cut is not None and sent + len(chunk) > cut:
                     await response.write(chunk[:cut - sent])
                     await asyncio.sleep(0.05)
