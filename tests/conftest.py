@@ -18,6 +18,8 @@ from tests.servers.images import Image, build_images
 from tests.servers.nginx import Nginx, start_nginx
 from tests.servers.pki import TestCA, make_ca
 
+pytest_plugins = ["tests.servers.registry", "tests.servers.seaweed"]
+
 
 
 @pytest.fixture(scope="session")
