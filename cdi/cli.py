@@ -77,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--source-kind", choices=["http", "s3", "registry", "file"],
                      help="override the kind the URL implies (e.g. s3 for https://host/bucket/key)")
     imp.add_argument("--arch", dest="architecture", help="registry platform architecture")
+    imp.add_argument("--content-type", choices=["kubevirt", "archive"], default="kubevirt",
+                     help="archive: unpack a tar into the TARGET directory")
     imp.add_argument("--preallocate", action="store_true")
     imp.add_argument("--filesystem-overhead", type=float, default=0.0)
     imp.add_argument("--scratch-dir", type=Path)
@@ -122,7 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     headers=args.header, secret_headers=args.secret_header,
                     s3_endpoint=args.s3_endpoint, architecture=args.architecture,
                     preallocate=args.preallocate, filesystem_overhead=args.filesystem_overhead,
-                    scratch_dir=args.scratch_dir)
+                    scratch_dir=args.scratch_dir, content_type=args.content_type)
             finally:
                 bar.close()
     except ScratchSpaceRequired as error:

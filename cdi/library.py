@@ -36,6 +36,7 @@ def import_image(
     filesystem_overhead: float = 0.0,
     scratch_dir: str | Path | None = None,
     retry: RetryPolicy | None = None,
+    content_type: str = "kubevirt",
 ) -> ImportResult:
     """Import the image at ``source`` (URL or path) into ``target`` as a raw disk.
 
@@ -45,8 +46,9 @@ def import_image(
     ``md5|sha1|sha256|sha512:<hex>`` over the bytes as received. ``progress`` is called with
     :class:`~importer.progress.ProgressEvent` values. A scratch file, only for the rare
     formats and sources that need one, goes to ``scratch_dir`` (default: the target's
-    directory). Raises a :class:`~importer.errors.CdiImportError` on failure, leaving no
-    partial image behind.
+    directory). ``content_type="archive"`` unpacks a tar into the ``target`` directory instead.
+    Raises a :class:`~importer.errors.CdiImportError` on failure, leaving no partial image
+    behind.
     """
     options = SourceOptions(
         access_key_id=username, secret_key=password,
@@ -58,6 +60,7 @@ def import_image(
     target_dir = Path(target) if Path(target).is_dir() else Path(target).parent
     run_options = ImportOptions(
         checksum=Checksum.parse(checksum) if checksum else None,
+        content_type=content_type,
         scratch_dir=Path(scratch_dir) if scratch_dir else target_dir,
         progress=Progress([progress] if progress else []))
     return run_import(open_source(source, options, kind=source_kind), spec, run_options)

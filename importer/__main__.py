@@ -53,12 +53,11 @@ def write_termination(path: Path, payload: dict[str, Any]) -> None:
 
 
 def failure_prefix(settings: PodSettings | None) -> str:
+    """CDI's leading words for a failure, which users and tests search for."""
     if settings is None:
         return "Unable to start the import"
     if settings.source == "blank":
         return "Unable to create blank image"
-    if settings.source == "http":
-        return "Unable to process data"
     return "Unable to process data"
 
 
@@ -80,11 +79,10 @@ def log_progress(every: float = 5.0) -> Any:
 def main(env: dict[str, str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings: PodSettings | None = None
-    termination = Path("/dev/termination-log")
+    termination = PodSettings.termination_path_from_env(env)
     server: MetricsServer | None = None
     try:
         settings = PodSettings.from_env(env)
-        termination = settings.termination_message_path
         metric = ProgressMetric(settings.owner_uid)
         progress = Progress([metric, log_progress()])
         if settings.metrics_port:
@@ -110,8 +108,7 @@ def main(env: dict[str, str] | None = None) -> int:
     finally:
         if server is not None:
             server.stop()
-    message = "Import Complete" if settings.source != "blank" else "Blank image created"
-    log.info("%s: %s (%s, %d bytes)", message, result.path, result.format, result.disk_size)
+    log.info("Import Complete: %s (%s, %d bytes)", result.path, result.format, result.disk_size)
     write_termination(termination, {
         "message": "Import Complete",
         "scratchSpaceRequired": False,

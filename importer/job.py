@@ -27,6 +27,8 @@ def source_options(settings: PodSettings) -> SourceOptions:
 def target_spec(settings: PodSettings) -> TargetSpec:
     path = settings.target_path
     block = path == settings.block_device
+    if settings.content_type == "archive" and not block:
+        path = settings.data_dir  # unpacked into the volume itself
     return TargetSpec(path=path, size=None if block else settings.image_size,
                       filesystem_overhead=0.0 if block else settings.filesystem_overhead,
                       preallocate=settings.preallocation, check_free_space=not block)
@@ -39,5 +41,5 @@ def run_job(settings: PodSettings, progress: Progress) -> ImportResult:
     source = open_source(settings.endpoint, source_options(settings), kind=settings.source)
     options = ImportOptions(
         checksum=Checksum.parse(settings.checksum) if settings.checksum else None,
-        scratch_dir=settings.scratch_dir, progress=progress)
+        content_type=settings.content_type, scratch_dir=settings.scratch_dir, progress=progress)
     return run_import(source, target, options)

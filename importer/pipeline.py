@@ -37,15 +37,16 @@ from pathlib import Path
 from typing import Callable
 
 from . import progress as phases
+from .archive import ArchiveExtractor
 from .checksum import Checksum, ChecksumVerifier
-from .errors import (CdiImportError, ImageTooLarge, InvalidSource, PermanentError,
+from .errors import (CdiImportError, ImageTooLarge, InvalidImage, InvalidSource, PermanentError,
                      ScratchSpaceRequired, SourceChanged)
 from .formats import magic
 from .formats.decompress import decompress
 from .progress import Progress, ProgressListener
 from .sources import Source, SourceInfo
 from .stream import CHUNK, ChunkReader, prefetch, tap
-from .target import DiskTarget, TargetSpec
+from .target import DiskTarget, TargetSpec, usable_space
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,8 @@ MAX_RESTARTS = 3
 @dataclass
 class ImportOptions:
     checksum: Checksum | None = None
+    content_type: str = "kubevirt"
+    """``kubevirt`` (a disk image) or ``archive`` (a tar unpacked into a filesystem volume)."""
     scratch_dir: Path | None = None
     """Where a scratch file may go when one is truly needed; ``None`` means none is allowed
     (:class:`ScratchSpaceRequired` is raised instead)."""
@@ -93,9 +96,10 @@ class ImportResult:
 class _Run:
     """The state of one attempt, threaded through the phase steps."""
 
-    def __init__(self, source: Source, target: DiskTarget, options: ImportOptions) -> None:
+    def __init__(self, source: Source, target: DiskTarget | ArchiveExtractor, options: ImportOptions) -> None:
         self.source = source
-        self.target = target
+        self.target = target  # type: ignore[assignment]
+        self.archive = target if isinstance(target, ArchiveExtractor) else None
         self.options = options
         self.progress = options.progress
         self.info: SourceInfo | None = None
@@ -119,6 +123,8 @@ class _Run:
             "qemu-local": self.qemu_local,
             "qemu-nbd": self.qemu_nbd,
             "qemu-scratch": self.qemu_scratch,
+            "archive": self.unpack_archive,
+            "commit-archive": self.commit_archive,
             "verify": self.verify,
             "resize": self.resize,
         }
@@ -148,7 +154,10 @@ class _Run:
             kind = magic.detect(reader.peek(magic.HEADER_BYTES))
         self.reader = reader
         self.format = kind
-        self.route = self._choose_route(kind)
+        if self.archive is not None and kind != "tar":
+            raise InvalidImage(f"archive content must be a tar archive (optionally compressed); "
+                               f"{self.info.name} is {kind}")
+        self.route = "archive" if self.archive is not None else self._choose_route(kind)
         log.info("%s: %s%s via %s", self.info.name, kind,
                  "".join(f" in {c}" for c in reversed(self.compression)), self.route)
         return self.route
@@ -320,12 +329,27 @@ class _Run:
 
     # -- finishing ---------------------------------------------------------------------------
 
+    def unpack_archive(self) -> str:
+        assert self.reader is not None and self.archive is not None and self.info is not None
+        self._start_transfer()
+        result = self.archive.extract(self.reader, self.info.name)
+        self._drain()
+        self.virtual_size = result.bytes
+        return "verify"
+
+    def commit_archive(self) -> str:
+        assert self.archive is not None
+        self.archive.commit()
+        self.disk_size = self.virtual_size
+        self.progress.finish()
+        return "complete"
+
     def verify(self) -> str:
         if self.verifier and not getattr(self, "_verified", False):
             self.progress.phase(phases.VERIFY)
             self.verifier.verify()
             self._verified = True
-        return "resize"
+        return "commit-archive" if self.archive is not None else "resize"
 
     def resize(self) -> str:
         self.progress.phase(phases.RESIZE)
@@ -335,13 +359,16 @@ class _Run:
 
     @property
     def result(self) -> ImportResult:
+        written = self.virtual_size if self.archive is not None else self.target.bytes_written
+        path = self.archive.directory if self.archive is not None else self.target.final_path
         return ImportResult(
-            path=str(self.target.final_path), format=self.format, compression=self.compression,
+            path=str(path), format=self.format, compression=self.compression,
             route=self.route, virtual_size=self.virtual_size, disk_size=self.disk_size,
-            bytes_received=self.received, bytes_written=self.target.bytes_written,
+            bytes_received=self.received, bytes_written=written,
             checksum=f"{self.verifier.algorithm}:{self.verifier.hexdigest()}" if self.verifier else None,
             labels=dict(self.info.labels) if self.info else {},
-            scratch_bytes=self.scratch_bytes, preallocated=self.target.preallocate)
+            scratch_bytes=self.scratch_bytes,
+            preallocated=self.archive is None and self.target.preallocate)
 
 
 def run_import(source: Source, target: TargetSpec, options: ImportOptions | None = None) -> ImportResult:
@@ -350,8 +377,11 @@ def run_import(source: Source, target: TargetSpec, options: ImportOptions | None
     started = time.monotonic()
     for attempt in range(MAX_RESTARTS + 1):
         try:
-            with DiskTarget(target) as disk:
-                result = _Run(source, disk, options).run()
+            if options.content_type == "archive":
+                result = _unpack(source, target, options)
+            else:
+                with DiskTarget(target) as disk:
+                    result = _Run(source, disk, options).run()
             result.seconds = time.monotonic() - started
             return result
         except SourceChanged:
@@ -361,6 +391,26 @@ def run_import(source: Source, target: TargetSpec, options: ImportOptions | None
         finally:
             source.close()
     raise AssertionError("unreachable")
+
+
+def _unpack(source: Source, target: TargetSpec, options: ImportOptions) -> ImportResult:
+    """An ``archive`` import: the tar is unpacked into the target directory."""
+    directory = Path(target.path)
+    if not directory.is_dir():
+        raise InvalidSource(f"archive content needs a filesystem volume (a directory); {directory} is not one")
+    capacity = target.size
+    if target.check_free_space:
+        st = os.statvfs(directory)
+        free = st.f_bavail * st.f_frsize
+        capacity = free if capacity is None else min(capacity, free)
+    if capacity is not None:
+        capacity = usable_space(capacity, target.filesystem_overhead)
+    extractor = ArchiveExtractor(directory, capacity)
+    try:
+        return _Run(source, extractor, options).run()
+    except BaseException:
+        extractor.abort()
+        raise
 
 
 def create_blank(target: TargetSpec, progress: Progress | None = None) -> ImportResult:

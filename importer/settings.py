@@ -61,12 +61,15 @@ class PodSettings:
         if kind not in SOURCE_KINDS:
             raise InvalidSource(f"IMPORTER_SOURCE={kind!r} is not supported: use one of "
                                 + ", ".join(sorted(SOURCE_KINDS)))
+        content_type = env.get("IMPORTER_CONTENTTYPE", "kubevirt") or "kubevirt"
+        if content_type not in ("kubevirt", "archive"):
+            raise InvalidSource(f"ContentType not one of: kubevirt, archive (got {content_type!r})")
         size = env.get("IMPORTER_IMAGE_SIZE", "").strip()
         scratch = env.get("IMPORTER_SCRATCH_DIR", "/scratch")
         return cls(
             source=SOURCE_KINDS[kind],
             endpoint=env.get("IMPORTER_ENDPOINT", ""),
-            content_type=env.get("IMPORTER_CONTENTTYPE", "kubevirt") or "kubevirt",
+            content_type=content_type,
             image_size=parse_quantity(size) if size else None,
             owner_uid=env.get("OWNER_UID", ""),
             filesystem_overhead=float(env.get("FILESYSTEM_OVERHEAD", "0") or 0),
@@ -83,10 +86,16 @@ class PodSettings:
             data_dir=Path(env.get("IMPORTER_DATA_DIR", "/data")),
             block_device=Path(env.get("IMPORTER_BLOCK_DEVICE", "/dev/cdi-block-volume")),
             scratch_dir=Path(scratch) if scratch and Path(scratch).is_dir() else None,
-            termination_message_path=Path(env.get("IMPORTER_TERMINATION_MESSAGE_PATH", "/dev/termination-log")),
+            termination_message_path=cls.termination_path_from_env(env),
             metrics_port=int(env.get("IMPORTER_METRICS_PORT", "8443")),
             retry_attempts=int(env.get("IMPORTER_RETRY_ATTEMPTS", "8")),
         )
+
+    @staticmethod
+    def termination_path_from_env(env: Mapping[str, str] | None = None) -> Path:
+        """Where to report even when the rest of the settings cannot be parsed."""
+        env = os.environ if env is None else env
+        return Path(env.get("IMPORTER_TERMINATION_MESSAGE_PATH", "/dev/termination-log"))
 
     @property
     def target_path(self) -> Path:

@@ -61,7 +61,7 @@ from ..errors import (
 from ..stream import CHUNK, ChunkReader
 from . import SourceOptions
 from .base import RetryPolicy, Source, SourceInfo, resuming_chunks
-from .tarstream import TarEntry, TarStream, find_member
+from ..formats.tarstream import TarEntry, TarStream, find_member
 from .tls import TrustBundle
 
 log = logging.getLogger(__name__)

@@ -27,6 +27,7 @@ import urllib3
 
 from tests.conftest import sha256_of
 from tests.servers.images import Image
+from tests.servers.badserver import BadServer
 from tests.servers.nginx import Nginx
 from tests.servers.ports import free_port
 
@@ -148,3 +149,28 @@ def test_scratch_space_required(nginx: Nginx, tmp_path: Path) -> None:
     code, message = run_pod(env)
     assert code == 0 and message["message"] == "Import Complete" and message["route"] == "qemu-scratch"
     assert list((tmp_path / "scratch").iterdir()) == []
+
+
+def test_archive_content(bad_server: BadServer, tmp_path: Path) -> None:
+    import io
+    import tarfile
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        info = tarfile.TarInfo("inside/file.txt")
+        info.size = 5
+        tar.addfile(info, io.BytesIO(b"hello"))
+    (bad_server.root / "pod-archive.tar.gz").write_bytes(buffer.getvalue())
+    env = pod_env(tmp_path, IMPORTER_SOURCE="http", IMPORTER_CONTENTTYPE="archive",
+                  IMPORTER_ENDPOINT=bad_server.url("plain", "pod-archive.tar.gz"))
+    code, message = run_pod(env)
+    assert code == 0, message
+    assert (tmp_path / "data" / "inside" / "file.txt").read_bytes() == b"hello"
+    assert not (tmp_path / "data" / "disk.img").exists()
+
+
+def test_bad_content_type(tmp_path: Path) -> None:
+    env = pod_env(tmp_path, IMPORTER_SOURCE="http", IMPORTER_CONTENTTYPE="iso",
+                  IMPORTER_ENDPOINT="http://127.0.0.1:1/x")
+    code, message = run_pod(env)
+    assert code == 2 and "ContentType not one of: kubevirt, archive" in str(message["message"])

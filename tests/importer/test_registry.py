@@ -49,7 +49,7 @@ from importer.sources.registry import (
     parse_challenge,
     parse_reference,
 )
-from importer.sources.tarstream import TarStream, escapes, find_member, normalize
+from importer.formats.tarstream import TarStream, escapes, find_member, normalize
 from importer.stream import ChunkReader
 from tests.servers.ports import free_port
 from tests.servers.registry import (  # noqa: F401 (fixtures)

@@ -1,0 +1,124 @@
+"""Import throughput against the tools a user would otherwise use, side by side in one run.
+
+Serves one generated disk (half random 64 KiB extents, half holes, like the environment's
+baseline) from nginx on loopback in several forms, and times for each:
+
+- raw:        ``curl -o``                     vs ``cdi import`` (sparse, no qemu-img)
+- raw.zst:    ``curl | zstd -d > file``       vs ``cdi import``
+- qcow2:      CDI's path: ``curl -o`` to scratch then ``qemu-img convert``  vs ``cdi import``
+              (our streaming qcow2 reader, no scratch)
+- vmdk:       ``curl -o`` then ``qemu-img convert``  vs ``cdi import`` (qemu-img over NBD)
+
+Prints MB/s of raw output, the ratio (ours / theirs; above 1 is faster), and peak RSS.
+Machines are noisy: compare the ratios of one run, not absolute numbers across runs.
+
+    .venv/bin/python bench/run.py [--size-mib 2048] [--repeat 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.servers.nginx import start_nginx  # noqa: E402
+from tests.servers.pki import make_ca  # noqa: E402
+
+CDI = str(ROOT / ".venv" / "bin" / "cdi")
+MEASURE = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL);"
+           "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(r.returncode)")
+
+
+def make_disk(path: Path, size: int) -> None:
+    """Half data in 64 KiB extents at random places, half holes."""
+    rng = random.Random(1)
+    extent = 64 * 1024
+    slots = size // extent
+    chosen = sorted(rng.sample(range(slots), slots // 2))
+    block = os.urandom(extent * 16)
+    with open(path, "wb") as out:
+        out.truncate(size)
+        for i, slot in enumerate(chosen):
+            start = (i * extent) % (len(block) - extent)
+            out.seek(slot * extent)
+            out.write(block[start:start + extent])
+
+
+def timed(command: str | list[str], shell: bool = False) -> tuple[float, int]:
+    """Seconds and peak RSS (KiB) of one command."""
+    args = ["bash", "-c", command] if shell else list(command)
+    started = time.perf_counter()
+    out = subprocess.run([sys.executable, "-c", MEASURE, *args], check=True, capture_output=True, text=True)
+    return time.perf_counter() - started, int(out.stdout.strip() or 0)
+
+
+def drop(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--size-mib", type=int, default=2048)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    size = args.size_mib * 1024 * 1024
+    work = Path(tempfile.mkdtemp(prefix="cdi-bench-", dir=os.environ.get("BENCH_DIR", "/var/tmp")))
+    www = work / "www"
+    www.mkdir()
+    print(f"generating a {args.size_mib} MiB disk in {work} ...", flush=True)
+    make_disk(www / "disk.raw", size)
+    subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(www / "disk.raw"), str(www / "disk.qcow2")], check=True)
+    subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "vmdk", str(www / "disk.raw"), str(www / "disk.vmdk")], check=True)
+    subprocess.run(["zstd", "-q", "-T0", "-3", str(www / "disk.raw"), "-o", str(www / "disk.raw.zst")], check=True)
+    nginx = start_nginx(www, work / "nginx", make_ca(work / "ca"))
+    base = nginx.http
+    out = work / "out.img"
+    scratch = work / "scratch.img"
+    cases = {
+        "raw": (f"curl -sf -o {out} {base}/disk.raw",
+                [CDI, "import", f"{base}/disk.raw", str(out), "--no-progress"]),
+        "raw.zst": (f"curl -sf {base}/disk.raw.zst | zstd -q -d -o {out}",
+                    [CDI, "import", f"{base}/disk.raw.zst", str(out), "--no-progress"]),
+        "qcow2": (f"curl -sf -o {scratch} {base}/disk.qcow2 && qemu-img convert -t writeback -f qcow2 -O raw {scratch} {out}",
+                  [CDI, "import", f"{base}/disk.qcow2", str(out), "--no-progress"]),
+        "vmdk": (f"curl -sf -o {scratch} {base}/disk.vmdk && qemu-img convert -t writeback -f vmdk -O raw {scratch} {out}",
+                 [CDI, "import", f"{base}/disk.vmdk", str(out), "--no-progress"]),
+    }
+    print(f"{'case':10} {'theirs MB/s':>12} {'ours MB/s':>10} {'ratio':>6} {'our peak RSS':>13}")
+    try:
+        for name, (theirs, ours) in cases.items():
+            their_times, our_times, rss = [], [], []
+            for _ in range(args.repeat):
+                for path in (out, scratch):
+                    drop(path)
+                t, _ = timed(theirs, shell=True)
+                their_times.append(t)
+                for path in (out, scratch):
+                    drop(path)
+                t, r = timed(ours)
+                our_times.append(t)
+                rss.append(r)
+            theirs_mbs = size / statistics.median(their_times) / 1e6
+            ours_mbs = size / statistics.median(our_times) / 1e6
+            print(f"{name:10} {theirs_mbs:12.0f} {ours_mbs:10.0f} {ours_mbs / theirs_mbs:6.2f} {max(rss) / 1024:10.0f} MiB",
+                  flush=True)
+    finally:
+        nginx.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
