@@ -96,10 +96,11 @@ class ImportResult:
 class _Run:
     """The state of one attempt, threaded through the phase steps."""
 
-    def __init__(self, source: Source, target: DiskTarget | ArchiveExtractor, options: ImportOptions) -> None:
+    def __init__(self, source: Source, options: ImportOptions, disk: DiskTarget | None = None,
+                 archive: ArchiveExtractor | None = None) -> None:
         self.source = source
-        self.target = target  # type: ignore[assignment]
-        self.archive = target if isinstance(target, ArchiveExtractor) else None
+        self._disk = disk
+        self.archive = archive
         self.options = options
         self.progress = options.progress
         self.info: SourceInfo | None = None
@@ -111,7 +112,14 @@ class _Run:
         self.route = ""
         self.virtual_size = 0
         self.scratch_bytes = 0
+        self.disk_size = 0
         self.cleanup = ExitStack()
+
+    @property
+    def target(self) -> DiskTarget:
+        """The disk being written (every route but ``archive``)."""
+        assert self._disk is not None
+        return self._disk
 
     # -- the phase machine -----------------------------------------------------------------
 
@@ -359,8 +367,9 @@ class _Run:
 
     @property
     def result(self) -> ImportResult:
-        written = self.virtual_size if self.archive is not None else self.target.bytes_written
+        written = self.virtual_size if self._disk is None else self.target.bytes_written
         path = self.archive.directory if self.archive is not None else self.target.final_path
+
         return ImportResult(
             path=str(path), format=self.format, compression=self.compression,
             route=self.route, virtual_size=self.virtual_size, disk_size=self.disk_size,
@@ -368,7 +377,7 @@ class _Run:
             checksum=f"{self.verifier.algorithm}:{self.verifier.hexdigest()}" if self.verifier else None,
             labels=dict(self.info.labels) if self.info else {},
             scratch_bytes=self.scratch_bytes,
-            preallocated=self.archive is None and self.target.preallocate)
+            preallocated=self._disk is not None and self.target.preallocate)
 
 
 def run_import(source: Source, target: TargetSpec, options: ImportOptions | None = None) -> ImportResult:
@@ -381,7 +390,7 @@ def run_import(source: Source, target: TargetSpec, options: ImportOptions | None
                 result = _unpack(source, target, options)
             else:
                 with DiskTarget(target) as disk:
-                    result = _Run(source, disk, options).run()
+                    result = _Run(source, options, disk=disk).run()
             result.seconds = time.monotonic() - started
             return result
         except SourceChanged:
@@ -407,7 +416,7 @@ def _unpack(source: Source, target: TargetSpec, options: ImportOptions) -> Impor
         capacity = usable_space(capacity, target.filesystem_overhead)
     extractor = ArchiveExtractor(directory, capacity)
     try:
-        return _Run(source, extractor, options).run()
+        return _Run(source, options, archive=extractor).run()
     except BaseException:
         extractor.abort()
         raise

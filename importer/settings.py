@@ -116,7 +116,7 @@ def _secret_headers(directory: Path) -> list[str]:
     """Secret headers are mounted as files (one header per file, ``Name: value``)."""
     if not directory.is_dir():
         return []
-    headers = []
+    headers: list[str] = []
     for path in sorted(directory.rglob("*")):
         if path.is_file() and not path.name.startswith("."):
             headers.extend(line for line in path.read_text().splitlines() if line.strip())

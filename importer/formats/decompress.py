@@ -89,9 +89,9 @@ def _new_decoder(kind: str) -> Decoder:
     if kind == "gz":
         return _ZlibDecoder()
     if kind == "xz":
-        return lzma.LZMADecompressor()  # type: ignore[return-value]
+        return lzma.LZMADecompressor()
     if kind == "bz2":
-        return bz2.BZ2Decompressor()  # type: ignore[return-value]
+        return bz2.BZ2Decompressor()
     if kind == "zst":
         return _ZstdDecoder()
     raise ValueError(f"not a compression: {kind}")
