@@ -44,6 +44,7 @@ from .errors import (CdiImportError, ImageTooLarge, InvalidImage, InvalidSource,
 from .formats import magic
 from .formats.decompress import decompress
 from .progress import Progress, ProgressListener
+from .readahead import ReadAhead
 from .sources import Source, SourceInfo
 from .stream import CHUNK, ChunkReader, prefetch, tap
 from .target import DiskTarget, TargetSpec, usable_space
@@ -269,7 +270,8 @@ class _Run:
         assert self.info is not None and self.info.size is not None
         self.progress.plan([(phases.CONVERT, 1.0)])
         self._close_stream()
-        with NbdServer(self.source.read_at, self.info.size, on_read=self._served) as server:
+        cache = ReadAhead(self.source.read_at, self.info.size)
+        with NbdServer(cache.read_at, self.info.size, on_read=self._served) as server:
             try:
                 self._qemu_convert(server.url)
             except CdiImportError:

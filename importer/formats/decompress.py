@@ -17,7 +17,7 @@ from typing import Iterable, Iterator, Protocol
 import zstandard
 
 from ..errors import InvalidImage
-from ..stream import CHUNK
+from ..stream import CHUNK, ChunkReader, tap
 
 
 class Decoder(Protocol):
@@ -59,32 +59,6 @@ class _ZlibDecoder:
         return not self._pending
 
 
-class _ZstdDecoder:
-    """zstandard's streaming object with the same contract (one frame per object)."""
-
-    def __init__(self) -> None:
-        self._obj = zstandard.ZstdDecompressor(max_window_size=2**31).decompressobj()
-        self._out = b""
-
-    def decompress(self, data: bytes, max_length: int) -> bytes:
-        if data:
-            self._out += self._obj.decompress(data)
-        out, self._out = self._out[:max_length], self._out[max_length:]
-        return out
-
-    @property
-    def eof(self) -> bool:
-        return bool(self._obj.eof) and not self._out
-
-    @property
-    def unused_data(self) -> bytes:
-        return self._obj.unused_data if self._obj.eof else b""
-
-    @property
-    def needs_input(self) -> bool:
-        return not self._out
-
-
 def _new_decoder(kind: str) -> Decoder:
     if kind == "gz":
         return _ZlibDecoder()
@@ -92,14 +66,15 @@ def _new_decoder(kind: str) -> Decoder:
         return lzma.LZMADecompressor()
     if kind == "bz2":
         return bz2.BZ2Decompressor()
-    if kind == "zst":
-        return _ZstdDecoder()
     raise ValueError(f"not a compression: {kind}")
 
 
 def decompress(kind: str, chunks: Iterable[bytes]) -> Iterator[bytes]:
     """Decompress a whole stream of ``kind``; concatenated members/frames/streams are all
     decoded (as gzip -d, xz -d and zstd -d do). Corrupt or truncated input is InvalidImage."""
+    if kind == "zst":
+        yield from _zstd(chunks)
+        return
     decoder = _new_decoder(kind)
     started = False
     try:
@@ -128,3 +103,102 @@ def decompress(kind: str, chunks: Iterable[bytes]) -> Iterator[bytes]:
         raise InvalidImage(f"the {kind} compressed data is corrupt: {error}") from error
     if started and not decoder.eof:
         raise InvalidImage(f"the {kind} compressed data is truncated: the stream ended early")
+
+
+def _zstd(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """zstd through zstandard's stream reader (output bounded per read, frames concatenated),
+    with :class:`ZstdFrameWalker` watching the compressed bytes, because the reader treats a
+    stream cut inside a frame as a clean end."""
+    walker = ZstdFrameWalker()
+    source = ChunkReader(tap(chunks, walker.feed))
+    reader = zstandard.ZstdDecompressor(max_window_size=2**31).stream_reader(
+        source, read_size=1 << 20, read_across_frames=True)
+    try:
+        while data := reader.read(CHUNK):
+            yield data
+    except zstandard.ZstdError as error:
+        raise InvalidImage(f"the zst compressed data is corrupt: {error}") from error
+    walker.finish()
+
+
+class ZstdFrameWalker:
+    """Follows the frame and block structure of a zstd stream (RFC 8878) without decoding it,
+    to tell a complete stream from one cut short.
+
+    | part                 | size                                                       |
+    |----------------------|------------------------------------------------------------|
+    | magic 28 b5 2f fd    | 4                                                          |
+    | frame header         | 1 descriptor + 0/1 window + 0/1/2/4 dict id + 0/1/2/4/8 FCS |
+    | block header         | 3, little-endian: bit 0 last, bits 1-2 type, bits 3+ size  |
+    | block content        | raw: size; RLE: 1; compressed: size                        |
+    | content checksum     | 4 if the descriptor's bit 2 is set                         |
+    | skippable frame      | magic 5?2a4d18 (LE 0x184D2A5?) + 4-byte size + size bytes  |
+    """
+
+    def __init__(self) -> None:
+        self._buffer = b""
+        self._skip = 0
+        self._state = "magic"
+        self._checksum = False
+        self.frames = 0
+
+    def feed(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            if self._skip:
+                step = min(self._skip, len(view))
+                self._skip -= step
+                view = view[step:]
+                continue
+            need = self._needed()
+            take = min(need - len(self._buffer), len(view))
+            self._buffer += bytes(view[:take])
+            view = view[take:]
+            if len(self._buffer) == need:
+                header, self._buffer = self._buffer, b""
+                self._advance(header)
+
+    def _needed(self) -> int:
+        if self._state == "descriptor-rest":
+            return self._header_rest
+        return {"magic": 4, "descriptor": 1, "block": 3, "skippable-size": 4}[self._state]
+
+    def _advance(self, header: bytes) -> None:
+        if self._state == "magic":
+            magic = int.from_bytes(header, "little")
+            if magic == 0xFD2FB528:
+                self._state = "descriptor"
+            elif magic & 0xFFFFFFF0 == 0x184D2A50:
+                self._state = "skippable-size"
+            else:
+                raise InvalidImage("the zst compressed data is corrupt: bad frame magic")
+        elif self._state == "skippable-size":
+            self._skip = int.from_bytes(header, "little")
+            self._frame_done()
+        elif self._state == "descriptor":
+            descriptor = header[0]
+            single = bool(descriptor & 0x20)
+            fcs = (0 if not single else 1, 2, 4, 8)[descriptor >> 6] if descriptor >> 6 else (1 if single else 0)
+            self._checksum = bool(descriptor & 0x04)
+            self._header_rest = (0 if single else 1) + (0, 1, 2, 4)[descriptor & 3] + fcs
+            self._state = "descriptor-rest" if self._header_rest else "block"
+        elif self._state == "descriptor-rest":
+            self._state = "block"
+        elif self._state == "block":
+            value = int.from_bytes(header, "little")
+            last, kind, size = value & 1, (value >> 1) & 3, value >> 3
+            if kind == 3:
+                raise InvalidImage("the zst compressed data is corrupt: reserved block type")
+            self._skip = 1 if kind == 1 else size
+            if last:
+                self._skip += 4 if self._checksum else 0
+                self._frame_done()
+
+    def _frame_done(self) -> None:
+        self.frames += 1
+        self._state = "magic"
+
+    def finish(self) -> None:
+        """InvalidImage unless the stream ended exactly at the end of a frame."""
+        if self._state != "magic" or self._buffer or self._skip or not self.frames:
+            raise InvalidImage("the zst compressed data is truncated: the stream ended inside a frame")
