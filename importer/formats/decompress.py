@@ -112,7 +112,7 @@ def _zstd(chunks: Iterable[bytes]) -> Iterator[bytes]:
     walker = ZstdFrameWalker()
     source = ChunkReader(tap(chunks, walker.feed))
     reader = zstandard.ZstdDecompressor(max_window_size=2**31).stream_reader(
-        source, read_size=1 << 20, read_across_frames=True)
+        source, read_size=1 << 20, read_across_frames=True)  # type: ignore[arg-type]  # duck-typed read()
     try:
         while data := reader.read(CHUNK):
             yield data

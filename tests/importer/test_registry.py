@@ -52,17 +52,7 @@ from importer.sources.registry import (
 from importer.formats.tarstream import TarStream, escapes, find_member, normalize
 from importer.stream import ChunkReader
 from tests.servers.ports import free_port
-from tests.servers.registry import (  # noqa: F401 (fixtures)
-    Member,
-    Registry,
-    basic_registry,
-    http_registry,
-    registry_images,
-    registry_pki,
-    registry_storage,
-    tar_bytes,
-    token_registry,
-)
+from tests.servers.registry import Member, Registry, tar_bytes  # fixtures come from conftest's plugins
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -7,9 +7,7 @@ repeats or skips a byte cannot pass.
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
-import os
 import random
 import shutil
 import socket
@@ -21,7 +19,6 @@ from typing import Callable, Iterable, Iterator
 
 import botocore.exceptions as bex  # type: ignore[import-untyped]
 import pytest
-from boto3.s3.transfer import TransferConfig  # type: ignore[import-untyped]
 
 from importer.errors import (
     AuthenticationFailed,
@@ -34,7 +31,7 @@ from importer.sources import RetryPolicy, Source, SourceOptions, open_source
 from importer.errors import SourceChanged
 from importer.sources.s3 import S3Source, parse_s3_url
 from tests.servers.ports import free_port
-from tests.servers.seaweed import SeaweedS3, seaweed_s3  # noqa: F401 - the session fixture
+from tests.servers.seaweed import SeaweedS3  # the seaweed_s3 fixture comes from conftest's plugins
 
 MiB = 1024 * 1024
 DISK_KEY = "images/my disk.img"
@@ -73,7 +70,7 @@ def path_url(endpoint: str, bucket: str, key: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def disk(seaweed_s3: SeaweedS3) -> bytes:  # noqa: F811 - pytest fixture injection
+def disk(seaweed_s3: SeaweedS3) -> bytes:
     """The main test object, uploaded once."""
     data = pseudo_random(DISK_SIZE, seed=1)
     seaweed_s3.put(DISK_KEY, data)
@@ -81,7 +78,7 @@ def disk(seaweed_s3: SeaweedS3) -> bytes:  # noqa: F811 - pytest fixture injecti
 
 
 @pytest.fixture
-def server(seaweed_s3: SeaweedS3, disk: bytes) -> SeaweedS3:  # noqa: F811
+def server(seaweed_s3: SeaweedS3, disk: bytes) -> SeaweedS3:
     return seaweed_s3
 
 
@@ -453,34 +450,3 @@ def test_object_replaced_before_a_range_read(server: SeaweedS3) -> None:
         server.put(key, pseudo_random(MiB, seed=7))
         with pytest.raises(SourceChanged):
             source.read_at(1000, 1000)
-
-
-# -- throughput (opt-in: CDI_S3_BENCH=1) -----------------------------------------------------
-
-
-@pytest.mark.skipif(not os.environ.get("CDI_S3_BENCH"), reason="benchmark; set CDI_S3_BENCH=1")
-def test_throughput_against_plain_boto3(server: SeaweedS3, capsys: pytest.CaptureFixture[str]) -> None:
-    """512 MiB through chunks() vs boto3 get_object().read(4 MiB): the wrapper must not cost."""
-    size = 512 * MiB
-    client = server.client()
-    client.upload_fileobj(io.BytesIO(os.urandom(size)), server.bucket, "bench.img",
-                          Config=TransferConfig(multipart_threshold=64 * MiB,
-                                                multipart_chunksize=64 * MiB))
-    results: dict[str, list[float]] = {"boto3": [], "chunks": []}
-    for _ in range(3):
-        start, total = time.monotonic(), 0
-        body = client.get_object(Bucket=server.bucket, Key="bench.img")["Body"]
-        while piece := body.read(4 * MiB):
-            total += len(piece)
-        results["boto3"].append(total / (time.monotonic() - start) / MiB)
-        url = path_url(server.http_endpoint, server.bucket, "bench.img")
-        with S3Source(url, creds(server)) as source:
-            source.open()
-            start, total = time.monotonic(), 0
-            for piece in source.chunks():
-                total += len(piece)
-            results["chunks"].append(total / (time.monotonic() - start) / MiB)
-    with capsys.disabled():
-        for name, values in results.items():
-            print(f"\n{name}: " + ", ".join(f"{v:.0f}" for v in values) + " MiB/s")
-    assert max(results["chunks"]) > 0.7 * max(results["boto3"])
