@@ -13,7 +13,7 @@ import logging
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Callable, Iterator, TypeVar
 
 from ..errors import SourceUnavailable, TemporaryError
 
@@ -81,6 +81,30 @@ class Source(ABC):
 
 
 OpenAt = Callable[[int], Iterator[bytes]]
+T = TypeVar("T")
+
+
+def _backoff(delays: Iterator[float], policy: RetryPolicy, describe: str, error: TemporaryError) -> float:
+    """The next wait after ``error``, or SourceUnavailable when the budget is spent."""
+    delay = next(delays, None)
+    if delay is None:
+        raise SourceUnavailable(f"{error} ({describe}: gave up after {policy.attempts} retries)") from error
+    if isinstance(error, SourceUnavailable) and error.retry_after:
+        delay = max(delay, min(error.retry_after, policy.max_delay))
+    return delay
+
+
+def retrying(policy: RetryPolicy, describe: str, action: Callable[[], T]) -> T:
+    """Run ``action`` (a request that is not a stream: a manifest, a token, a range), retrying
+    temporary faults with the policy's backoff."""
+    delays = policy.delays()
+    while True:
+        try:
+            return action()
+        except TemporaryError as error:
+            delay = _backoff(delays, policy, describe, error)
+            log.warning("%s: %s; retrying in %.1fs", describe, error, delay)
+            time.sleep(delay)
 
 
 def resuming_chunks(
@@ -108,13 +132,7 @@ def resuming_chunks(
                     yield chunk
             return
         except TemporaryError as error:
-            delay = next(delays, None)
-            if delay is None:
-                raise SourceUnavailable(
-                    f"{error} ({describe}: gave up after {policy.attempts} retries)"
-                ) from error
-            if isinstance(error, SourceUnavailable) and error.retry_after:
-                delay = max(delay, min(error.retry_after, policy.max_delay))
+            delay = _backoff(delays, policy, describe, error)
             log.warning("%s: %s; resuming at byte %d in %.1fs", describe, error, position, delay)
             if on_retry:
                 on_retry(error, delay)

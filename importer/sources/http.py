@@ -30,7 +30,7 @@ from ..errors import (AuthenticationFailed, InvalidSource, PermanentError, Sourc
                       SourceNotFound, SourceUnavailable)
 from ..stream import CHUNK
 from . import SourceOptions
-from .base import Source, SourceInfo, resuming_chunks
+from .base import Source, SourceInfo, resuming_chunks, retrying
 from .tls import verify_setting
 
 log = logging.getLogger(__name__)
@@ -159,17 +159,12 @@ class HttpSource(Source):
     # -- Source ---------------------------------------------------------------------------
 
     def open(self) -> SourceInfo:
-        def first_response() -> Iterator[bytes]:
+        def first_response() -> requests.Response:
             response = self._get()
             self._check_status(response)
-            self._first = response
-            return iter(())
+            return response
 
-        # the first GET is retried like any other temporary fault
-        for _ in resuming_chunks(lambda _: first_response(), 0, self.options.retry, self.name):
-            pass
-        response = self._first
-        assert response is not None
+        response = self._first = retrying(self.options.retry, self.name, first_response)
         length = response.headers.get("content-length")
         encoding = response.headers.get("content-encoding", "identity").lower()
         self.size = int(length) if length and length.isdigit() else None
@@ -234,7 +229,7 @@ class HttpSource(Source):
             if offset > end:
                 return b""
 
-        def fetch(_: int) -> Iterator[bytes]:
+        def fetch() -> bytes:
             headers = {"Range": f"bytes={offset}-{end}"}
             if self.validator:
                 headers["If-Match"] = self.validator
@@ -245,15 +240,16 @@ class HttpSource(Source):
             self._check_status(response, (206,), existed=True)
             try:
                 # read no more than asked, even from a server that sends past the range end
-                yield response.raw.read(end - offset + 1, decode_content=False)
-                response.close()
+                data: bytes = response.raw.read(end - offset + 1, decode_content=False)
             except (urllib3.exceptions.HTTPError, requests.exceptions.RequestException) as error:
                 raise SourceUnavailable(f"ranged read from {self.name} broke: {_describe(error)}") from error
+            finally:
+                response.close()
+            if len(data) != end - offset + 1:
+                raise SourceUnavailable(f"short ranged read from {self.name}")
+            return data
 
-        data = b"".join(resuming_chunks(fetch, 0, self.options.retry, self.name))
-        if len(data) != end - offset + 1:
-            raise SourceUnavailable(f"short ranged read from {self.name}")
-        return data
+        return retrying(self.options.retry, self.name, fetch)
 
     def close(self) -> None:
         if self._first is not None:

@@ -38,10 +38,9 @@ import logging
 import lzma
 import platform
 import re
-import time
 import zlib
 from dataclasses import dataclass, field
-from typing import IO, Any, Callable, Generator, Iterator, Protocol, TypeVar, cast
+from typing import IO, Any, Generator, Iterator, Protocol, cast
 from urllib.parse import quote
 
 import requests
@@ -60,7 +59,7 @@ from ..errors import (
 )
 from ..stream import CHUNK, ChunkReader
 from . import SourceOptions
-from .base import RetryPolicy, Source, SourceInfo, resuming_chunks
+from .base import Source, SourceInfo, resuming_chunks, retrying
 from ..formats.tarstream import TarEntry, TarStream, find_member
 from .tls import TrustBundle
 
@@ -275,25 +274,6 @@ def _status_error(response: requests.Response, what: str) -> Exception:
     return PermanentError(text, reason="ImagePullFailed")
 
 
-T = TypeVar("T")
-
-
-def _retrying(policy: RetryPolicy, what: str, action: Callable[[], T]) -> T:
-    """Run ``action``, retrying TemporaryError with the policy's backoff (metadata requests)."""
-    delays = policy.delays()
-    while True:
-        try:
-            return action()
-        except TemporaryError as error:
-            delay = next(delays, None)
-            if delay is None:
-                raise SourceUnavailable(f"{what}: giving up after {policy.attempts} retries: {error}") from error
-            if isinstance(error, SourceUnavailable) and error.retry_after:
-                delay = max(delay, min(error.retry_after, policy.max_delay))
-            log.warning("%s: %s; retrying in %.1fs", what, error, delay)
-            time.sleep(delay)
-
-
 class RegistryClient:
     """One registry, one repository: TLS trust, scheme choice, auth and error mapping.
 
@@ -333,7 +313,7 @@ class RegistryClient:
     def ping(self) -> None:
         """``GET /v2/``: pick the scheme (https, or http for an insecure registry) and learn
         the auth challenge; authenticate right away when credentials or a token service exist."""
-        response = _retrying(self.policy, f"registry {self.ref.registry}", self._ping_any_scheme)
+        response = retrying(self.policy, f"registry {self.ref.registry}", self._ping_any_scheme)
         with response:
             if response.status_code == 401:
                 self._challenge = parse_challenge(response.headers.get("WWW-Authenticate", ""))
@@ -406,7 +386,7 @@ class RegistryClient:
         if challenge.params.get("service"):
             params["service"] = challenge.params["service"]
         auth = (self.options.access_key_id or "", self.options.secret_key or "") if self._has_credentials() else None
-        return _retrying(self.policy, "registry token", lambda: self._token_request(realm, params, auth))
+        return retrying(self.policy, "registry token", lambda: self._token_request(realm, params, auth))
 
     def _token_request(self, realm: str, params: dict[str, str], auth: tuple[str, str] | None) -> str:
         what = f"token from {realm}"
@@ -457,7 +437,7 @@ class RegistryClient:
             with response:
                 body = _read_limited(response, limit, what)
             return body, response
-        return _retrying(self.policy, what, fetch)
+        return retrying(self.policy, what, fetch)
 
     def open_blob(self, digest: str, offset: int, what: str) -> requests.Response:
         """A streaming GET of a blob from ``offset`` (a Range request when not at 0)."""

@@ -24,9 +24,8 @@ from __future__ import annotations
 import logging
 import re
 import threading
-import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, Iterator, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
 
 import boto3  # type: ignore[import-untyped]
@@ -42,11 +41,10 @@ from ..errors import (
     PermanentError,
     SourceNotFound,
     SourceUnavailable,
-    TemporaryError,
 )
 from ..stream import CHUNK
 from . import SourceOptions
-from .base import Source, SourceInfo, resuming_chunks
+from .base import Source, SourceInfo, resuming_chunks, retrying
 from .tls import TrustBundle
 
 log = logging.getLogger(__name__)
@@ -264,7 +262,7 @@ class S3Source(Source):
         if length <= 0 or offset >= size:
             return b""
         end = min(offset + length, size) - 1
-        return self._retrying(lambda: self._read_range(offset, end), f"{self.name} @{offset}")
+        return retrying(self.options.retry, f"{self.name} @{offset}", lambda: self._read_range(offset, end))
 
     def close(self) -> None:
         with self._lock:
@@ -338,20 +336,6 @@ class S3Source(Source):
         if len(data) != end - offset + 1:
             raise SourceUnavailable(f"GET {self.name} bytes {offset}-{end}: got {len(data)} bytes")
         return data
-
-    def _retrying(self, action: Callable[[], T], describe: str) -> T:
-        """Run ``action``, retrying temporary faults with the stream's backoff policy."""
-        delays = self.options.retry.delays()
-        while True:
-            try:
-                return action()
-            except TemporaryError as error:
-                delay = next(delays, None)
-                if delay is None:
-                    raise SourceUnavailable(f"{describe}: giving up after "
-                                            f"{self.options.retry.attempts} retries: {error}") from error
-                log.warning("%s: %s; retrying in %.1fs", describe, error, delay)
-                time.sleep(delay)
 
     # -- errors ----------------------------------------------------------------------------
 
