@@ -5,6 +5,9 @@ baseline) from nginx on loopback in several forms, and times for each:
 
 - raw:        ``curl -o``                     vs ``cdi import`` (sparse, no qemu-img)
 - raw.zst:    ``curl | zstd -d > file``       vs ``cdi import``
+
+Every baseline ends with ``sync FILE``: ``cdi import`` fsyncs before it reports success (as
+CDI does), so both sides pay for durable data.
 - qcow2:      CDI's path: ``curl -o`` to scratch then ``qemu-img convert``  vs ``cdi import``
               (our streaming qcow2 reader, no scratch)
 - vmdk:       ``curl -o`` then ``qemu-img convert``  vs ``cdi import`` (qemu-img over NBD)
@@ -87,14 +90,15 @@ def main() -> None:
     base = nginx.http
     out = work / "out.img"
     scratch = work / "scratch.img"
+    durable = f" && sync {out}"  # ours fsyncs before reporting success; theirs must too
     cases = {
-        "raw": (f"curl -sf -o {out} {base}/disk.raw",
+        "raw": (f"curl -sf -o {out} {base}/disk.raw" + durable,
                 [CDI, "import", f"{base}/disk.raw", str(out), "--no-progress"]),
-        "raw.zst": (f"curl -sf {base}/disk.raw.zst | zstd -q -d -o {out}",
+        "raw.zst": (f"curl -sf {base}/disk.raw.zst | zstd -q -d -o {out}" + durable,
                     [CDI, "import", f"{base}/disk.raw.zst", str(out), "--no-progress"]),
-        "qcow2": (f"curl -sf -o {scratch} {base}/disk.qcow2 && qemu-img convert -t writeback -f qcow2 -O raw {scratch} {out}",
+        "qcow2": (f"curl -sf -o {scratch} {base}/disk.qcow2 && qemu-img convert -t writeback -f qcow2 -O raw {scratch} {out}" + durable,
                   [CDI, "import", f"{base}/disk.qcow2", str(out), "--no-progress"]),
-        "vmdk": (f"curl -sf -o {scratch} {base}/disk.vmdk && qemu-img convert -t writeback -f vmdk -O raw {scratch} {out}",
+        "vmdk": (f"curl -sf -o {scratch} {base}/disk.vmdk && qemu-img convert -t writeback -f vmdk -O raw {scratch} {out}" + durable,
                  [CDI, "import", f"{base}/disk.vmdk", str(out), "--no-progress"]),
     }
     print(f"{'case':10} {'theirs MB/s':>12} {'ours MB/s':>10} {'ratio':>6} {'our peak RSS':>13}")

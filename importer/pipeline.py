@@ -153,6 +153,9 @@ class _Run:
         if self.options.checksum:
             self.verifier = ChecksumVerifier(self.options.checksum)
             self.cleanup.callback(self.verifier.close)
+        direct = self._direct_route()
+        if direct:
+            return direct
         reader = ChunkReader(prefetch(tap(self.source.chunks(0), self._received)))
         self.cleanup.callback(reader.close)
         kind = magic.detect(reader.peek(magic.HEADER_BYTES))
@@ -174,6 +177,22 @@ class _Run:
     def _served(self, nbytes: int) -> None:
         """Bytes qemu-img read from the source through the NBD socket."""
         self.received += nbytes
+
+    def _direct_route(self) -> str | None:
+        """With random access, a header read by range may show that qemu-img will read the
+        source itself (VMDK, VHD, ... not compressed): then no stream is started at all."""
+        assert self.info is not None
+        if not self.info.random_access or self.archive is not None:
+            return None
+        kind = magic.detect(self.source.read_at(0, magic.HEADER_BYTES))
+        if not magic.needs_conversion(kind) or kind == "qcow2":
+            return None
+        route = self._choose_route(kind)
+        if route not in ("qemu-local", "qemu-nbd"):
+            return None
+        self.format, self.route = kind, route
+        log.info("%s: %s via %s", self.info.name, kind, route)
+        return route
 
     def _received(self, chunk: bytes) -> None:
         self.received += len(chunk)

@@ -31,21 +31,17 @@ authenticating is AuthenticationFailed; 5xx, 429 and broken connections are Sour
 from __future__ import annotations
 
 import base64
-import bz2
 import hashlib
 import json
 import logging
-import lzma
 import platform
 import re
-import zlib
 from dataclasses import dataclass, field
-from typing import IO, Any, Generator, Iterator, Protocol, cast
+from typing import Any, Generator, Iterator
 from urllib.parse import quote
 
 import requests
 import urllib3
-import zstandard
 
 from ..errors import (
     AuthenticationFailed,
@@ -57,6 +53,9 @@ from ..errors import (
     TemporaryError,
     UnsafeImage,
 )
+from ..checksum import BackgroundHasher
+from ..formats import magic
+from ..formats.decompress import decompress
 from ..stream import CHUNK, ChunkReader
 from . import SourceOptions
 from .base import Source, SourceInfo, resuming_chunks, retrying
@@ -565,100 +564,19 @@ def _media_type(body: dict[str, Any], header: str) -> str:
 # Decompression of layer blobs
 
 
-def compression_of(head: bytes) -> str:
-    """The compression a blob uses, from its first bytes (the media type can be wrong)."""
-    if head.startswith(b"\x1f\x8b"):
-        return "gzip"
-    if head.startswith(b"\x28\xb5\x2f\xfd"):
-        return "zstd"
-    if head.startswith(b"\xfd7zXZ\x00"):
-        return "xz"
-    if head.startswith(b"BZh"):
-        return "bzip2"
-    return "none"
-
-
 def decompressed(chunks: Iterator[bytes], describe: str) -> Generator[bytes, None, None]:
-    """The layer's tar bytes: ``chunks`` decompressed as their magic says, in bounded pieces.
-
-    Every decompressor is driven with an output limit: a layer of a mostly empty disk image
-    compresses a thousandfold, and one input chunk must never become gigabytes in memory.
-    """
+    """The layer's tar bytes: ``chunks`` decompressed as their magic says (the media type can
+    be wrong), through the same bounded decompressors as every other stream."""
     reader = ChunkReader(chunks)
-    kind = compression_of(reader.peek(6))
+    kind = magic.detect(reader.peek(16))
     log.debug("%s: %s", describe, kind)
+    if not magic.is_compression(kind):
+        yield from reader
+        return
     try:
-        if kind == "gzip":
-            yield from _gunzip(reader, describe)
-        elif kind == "zstd":
-            yield from _unzstd(reader)
-        elif kind in ("xz", "bzip2"):
-            yield from _bounded(lzma.LZMADecompressor() if kind == "xz" else bz2.BZ2Decompressor(), reader)
-        else:
-            yield from reader
-    except (zlib.error, zstandard.ZstdError, lzma.LZMAError, OSError, EOFError) as error:
+        yield from decompress(kind, reader)
+    except InvalidImage as error:
         raise InvalidImage(f"{describe}: cannot decompress ({kind}): {error}") from error
-
-
-def _gunzip(reader: ChunkReader, describe: str) -> Iterator[bytes]:
-    """gzip, possibly multi-member; bytes after the last member that are not another member
-    (zero padding some tools add) are ignored, since the tar inside has ended by then."""
-    inflater = zlib.decompressobj(wbits=31)
-    for piece in reader:
-        data = piece
-        while True:
-            out = inflater.decompress(data, CHUNK)
-            if out:
-                yield out
-            if inflater.eof:
-                data = inflater.unused_data
-                if not (data or reader.peek(2)).startswith(b"\x1f\x8b"):
-                    return
-                inflater = zlib.decompressobj(wbits=31)
-                if not data:
-                    break
-                continue
-            data = inflater.unconsumed_tail
-            if not data and len(out) < CHUNK:
-                break  # input used up and no output held back: fetch more input
-    raise InvalidImage(f"{describe}: the gzip stream is truncated")
-
-
-def _unzstd(reader: ChunkReader) -> Iterator[bytes]:
-    """zstd through python-zstandard's stream reader, which bounds each read's output.
-
-    A truncated zstd stream just ends here (the reader reports no error); the tar reader
-    above still refuses a member cut short, and the blob digest catches a short blob."""
-    source = cast(IO[bytes], reader)
-    with zstandard.ZstdDecompressor().stream_reader(source, read_size=256 * 1024, read_across_frames=True,
-                                                   closefd=False) as unpacker:
-        while out := unpacker.read(CHUNK):
-            yield out
-
-
-class _Decompressor(Protocol):
-    @property
-    def eof(self) -> bool: ...
-
-    @property
-    def needs_input(self) -> bool: ...
-
-    def decompress(self, data: bytes, max_length: int = ...) -> bytes: ...
-
-
-def _bounded(decompressor: _Decompressor, reader: ChunkReader) -> Iterator[bytes]:
-    """xz/bzip2 via their ``max_length`` interface."""
-    for piece in reader:
-        data = piece
-        while not decompressor.eof:
-            out = decompressor.decompress(data, CHUNK)
-            data = b""
-            if out:
-                yield out
-            if decompressor.needs_input:
-                break
-        if decompressor.eof:
-            return
 
 
 def is_layer(descriptor: Descriptor) -> bool:
@@ -719,18 +637,23 @@ class BlobStream:
     def _verified(self, chunks: Iterator[bytes]) -> Generator[bytes, None, None]:
         """Pass the bytes through, then insist on the descriptor's size and digest."""
         algorithm, _, expected = self._descriptor.digest.partition(":")
-        hasher = hashlib.new(algorithm)
+        hasher = BackgroundHasher(algorithm)  # off this thread: sha256 would cap the transfer
         total = 0
-        for piece in chunks:
-            total += len(piece)
-            if total > self._descriptor.size:
-                raise _BlobIntegrityError(f"{self._describe} is larger than its descriptor's {self._descriptor.size} bytes")
-            hasher.update(piece)
-            yield piece
-        if total != self._descriptor.size or hasher.hexdigest() != expected:
+        try:
+            for piece in chunks:
+                total += len(piece)
+                if total > self._descriptor.size:
+                    raise _BlobIntegrityError(
+                        f"{self._describe} is larger than its descriptor's {self._descriptor.size} bytes")
+                hasher.update(piece)
+                yield piece
+        finally:
+            hasher.close()  # also when the reader stops early: no thread left waiting
+        actual = hasher.hexdigest()
+        if total != self._descriptor.size or actual != expected:
             raise _BlobIntegrityError(
                 f"{self._describe}: digest mismatch: expected {self._descriptor.digest}, got "
-                f"{algorithm}:{hasher.hexdigest()} ({total} bytes)")
+                f"{algorithm}:{actual} ({total} bytes)")
 
 
 def raise_integrity_first(blob: BlobStream, error: InvalidImage) -> None:

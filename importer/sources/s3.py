@@ -25,7 +25,7 @@ import logging
 import re
 import threading
 from dataclasses import dataclass
-from typing import Any, Iterator, TypeVar
+from typing import Any, Iterator
 from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
 
 import boto3  # type: ignore[import-untyped]
@@ -137,7 +137,6 @@ def redact(url: str) -> str:
     return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[-1]))
 
 
-T = TypeVar("T")
 
 
 class S3Source(Source):
