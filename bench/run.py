@@ -65,11 +65,14 @@ def timed(command: str | list[str], shell: bool = False) -> tuple[float, int]:
     return time.perf_counter() - started, int(out.stdout.strip() or 0)
 
 
-def drop(path: Path) -> None:
-    if path.is_dir():
-        shutil.rmtree(path)
-    elif path.exists():
-        path.unlink()
+def drop(*paths: Path) -> None:
+    """Remove the previous outputs, and let their writeback finish before the next timing."""
+    for path in paths:
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+    os.sync()
 
 
 def main() -> None:
@@ -106,12 +109,10 @@ def main() -> None:
         for name, (theirs, ours) in cases.items():
             their_times, our_times, rss = [], [], []
             for _ in range(args.repeat):
-                for path in (out, scratch):
-                    drop(path)
+                drop(out, scratch)
                 t, _ = timed(theirs, shell=True)
                 their_times.append(t)
-                for path in (out, scratch):
-                    drop(path)
+                drop(out, scratch)
                 t, r = timed(ours)
                 our_times.append(t)
                 rss.append(r)
