@@ -106,6 +106,7 @@ class _Run:
         self.progress = options.progress
         self.info: SourceInfo | None = None
         self.verifier: ChecksumVerifier | None = None
+        self._verified = False
         self.received = 0
         self.reader: ChunkReader | None = None
         self.compression: list[str] = []
@@ -374,7 +375,7 @@ class _Run:
         return "complete"
 
     def verify(self) -> str:
-        if self.verifier and not getattr(self, "_verified", False):
+        if self.verifier and not self._verified:
             self.progress.phase(phases.VERIFY)
             self.verifier.verify()
             self._verified = True
