@@ -47,7 +47,8 @@ def test_reset_mid_body_resumes(name: str, images: dict[str, Image], bad_server:
     # every byte crossed the wire once: the stream resumed, it never started over
     assert result.bytes_received == size
     if result.route != "stream-qcow2" or result.compression:  # (qcow2 also reads its tables by range)
-        assert bad_server.requests[f"reset/{name}"] - before == -(-size // bad_server.cut)
+        # one request per cut, plus the ranged read of the header that picks the route
+        assert bad_server.requests[f"reset/{name}"] - before == -(-size // bad_server.cut) + 1
 
 
 def test_drip(images: dict[str, Image], bad_server: BadServer, tmp_path: Path) -> None:
