@@ -22,9 +22,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
-import socket
 import tarfile
-import threading
 from pathlib import Path
 from typing import Iterator
 
@@ -51,6 +49,7 @@ from importer.sources.registry import (
 )
 from importer.formats.tarstream import TarStream, escapes, find_member, normalize
 from importer.stream import ChunkReader
+from tests.servers.faultproxy import FaultProxy
 from tests.servers.ports import free_port
 from tests.servers.registry import Member, Registry, tar_bytes  # fixtures come from conftest's plugins
 
@@ -291,105 +290,21 @@ def test_no_disk_is_invalid(registry_images: Registry) -> None:
 # Broken and corrupted connections
 
 
-class FaultyProxy:
-    """A TCP proxy that, once, cuts the connection or flips a byte after ``at`` bytes sent
-    from the registry to the client (counted over all connections), and records what the
-    client sent (readable when the registry speaks plain http)."""
-
-    def __init__(self, upstream_port: int, at: int, fault: str) -> None:
-        self.upstream_port, self.at, self.fault = upstream_port, at, fault
-        self.sent = 0
-        self.fired = False
-        self.client_bytes = bytearray()
-        self._lock = threading.Lock()
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self._listener.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def close(self) -> None:
-        self._listener.close()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
-            threading.Thread(target=self._upward, args=(client, upstream), daemon=True).start()
-            threading.Thread(target=self._downward, args=(upstream, client), daemon=True).start()
-
-    def _upward(self, client: socket.socket, upstream: socket.socket) -> None:
-        for data in _receive(client):
-            self.client_bytes += data[:4096]
-            _send_or_stop(upstream, data)
-
-    def _downward(self, upstream: socket.socket, client: socket.socket) -> None:
-        for data in _receive(upstream):
-            data, cut = self._apply_fault(data)
-            if not _send_or_stop(client, data) or cut:
-                break
-        for end in (client, upstream):
-            _hang_up(end)
-
-    def _apply_fault(self, data: bytes) -> tuple[bytes, bool]:
-        """The bytes to forward, and whether to cut the connection after them."""
-        with self._lock:
-            offset = self.at - self.sent
-            self.sent += len(data)
-            if self.fired or not 0 <= offset < len(data):
-                return data, False
-            self.fired = True
-        if self.fault == "cut":
-            return data[:offset], True
-        flipped = bytearray(data)
-        flipped[offset] ^= 0xFF
-        return bytes(flipped), False
-
-
-def _receive(sock: socket.socket) -> Iterator[bytes]:
-    while True:
-        try:
-            data = sock.recv(65536)
-        except OSError:
-            return
-        if not data:
-            return
-        yield data
-
-
-def _hang_up(sock: socket.socket) -> None:
-    """Shut down (which wakes the thread blocked in recv on it), then close."""
-    try:
-        sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
-    sock.close()
-
-
-def _send_or_stop(sock: socket.socket, data: bytes) -> bool:
-    try:
-        sock.sendall(data)
-        return True
-    except OSError:
-        return False
-
-
 @pytest.fixture
-def proxy_factory() -> Iterator[list[FaultyProxy]]:
-    proxies: list[FaultyProxy] = []
+def proxy_factory() -> Iterator[list[FaultProxy]]:
+    proxies: list[FaultProxy] = []
     yield proxies
     for proxy in proxies:
         proxy.close()
 
 
-def _through_proxy(registry: Registry, proxies: list[FaultyProxy], at: int, fault: str) -> tuple[FaultyProxy, str]:
-    proxy = FaultyProxy(registry.port, at, fault)
+def _through_proxy(registry: Registry, proxies: list[FaultProxy], at: int, fault: str) -> tuple[FaultProxy, str]:
+    proxy = FaultProxy(registry.port, at, fault)
     proxies.append(proxy)
     return proxy, f"127.0.0.1:{proxy.port}"
 
 
-def test_cut_connection_resumes_with_range(http_registry: Registry, proxy_factory: list[FaultyProxy],
+def test_cut_connection_resumes_with_range(http_registry: Registry, proxy_factory: list[FaultProxy],
                                            caplog: pytest.LogCaptureFixture) -> None:
     """The gzip layer breaks at 3 MiB; the source asks for the rest with Range and the
     decompressor carries on, so the disk bytes are identical and nothing is fetched twice."""
@@ -397,32 +312,32 @@ def test_cut_connection_resumes_with_range(http_registry: Registry, proxy_factor
     proxy, host = _through_proxy(http_registry, proxy_factory, 3 * 1024 * 1024, "cut")
     caplog.set_level(logging.WARNING, logger="importer.sources.base")
     digest, _, _ = pull(image.url(host), options(insecure=True))
-    assert proxy.fired
+    assert proxy.faults
     assert digest == image.sha256()
     assert b"Range: bytes=" in proxy.client_bytes
     assert "resuming at byte" in caplog.text
     assert proxy.sent < len(image.disk) + 1024 * 1024  # resumed, not restarted from byte 0
 
 
-def test_cut_connection_resumes_over_tls(registry_images: Registry, proxy_factory: list[FaultyProxy],
+def test_cut_connection_resumes_over_tls(registry_images: Registry, proxy_factory: list[FaultProxy],
                                          caplog: pytest.LogCaptureFixture) -> None:
     image = registry_images.images["big"]
     proxy, host = _through_proxy(registry_images, proxy_factory, 2 * 1024 * 1024, "cut")
     caplog.set_level(logging.WARNING, logger="importer.sources.base")
     digest, _, _ = pull(image.url(host), options(registry_images))
-    assert proxy.fired and digest == image.sha256()
+    assert proxy.faults and digest == image.sha256()
     assert "resuming at byte" in caplog.text
 
 
 @pytest.mark.parametrize("name", ["plain", "big"])
-def test_corrupted_byte_is_digest_mismatch(http_registry: Registry, proxy_factory: list[FaultyProxy],
+def test_corrupted_byte_is_digest_mismatch(http_registry: Registry, proxy_factory: list[FaultProxy],
                                            name: str) -> None:
     """Uncompressed: the disk bytes flow, then the layer digest fails. gzip: the inflater
     fails first, and the digest check names the real cause instead of skipping the layer."""
     proxy, host = _through_proxy(http_registry, proxy_factory, 1024 * 1024, "flip")
     with pytest.raises(InvalidImage, match="digest mismatch"):
         pull(http_registry.images[name].url(host), options(insecure=True))
-    assert proxy.fired
+    assert proxy.faults
 
 
 # ---------------------------------------------------------------------------------------------

@@ -10,8 +10,6 @@ import hashlib
 import logging
 import random
 import shutil
-import socket
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -30,6 +28,7 @@ from importer.errors import (
 from importer.sources import RetryPolicy, Source, SourceOptions, open_source
 from importer.errors import SourceChanged
 from importer.sources.s3 import S3Source, parse_s3_url
+from tests.servers.faultproxy import FaultProxy
 from tests.servers.ports import free_port
 from tests.servers.seaweed import SeaweedS3  # the seaweed_s3 fixture comes from conftest's plugins
 
@@ -308,89 +307,14 @@ def test_chunk_sizes(server: SeaweedS3) -> None:
 # -- a proxy that breaks connections -------------------------------------------------------
 
 
-class CuttingProxy:
-    """A loopback TCP relay to ``upstream`` that breaks one connection mid-response.
-
-    Once a connection has carried ``cut_after`` bytes towards the client, both of its
-    sockets are shut down (once per proxy); ``before_cut`` runs first, which lets a test
-    replace the object at exactly that moment. With ``stall`` seconds, the relay goes
-    silent that long before cutting, as a hung server would."""
-
-    def __init__(self, upstream_port: int, cut_after: int,
-                 before_cut: Callable[[], None] | None = None, stall: float = 0.0) -> None:
-        self.upstream_port = upstream_port
-        self.cut_after = cut_after
-        self.before_cut = before_cut
-        self.stall = stall
-        self.cuts = 0
-        self.connections = 0
-        self._armed = True
-        self._lock = threading.Lock()
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self._listener.getsockname()[1]
-        self._threads: list[threading.Thread] = []
-        self._spawn(self._accept_loop)
-
-    @property
-    def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def _spawn(self, target: Callable[..., None], *args: object) -> None:
-        thread = threading.Thread(target=target, args=args, daemon=True)
-        thread.start()
-        self._threads.append(thread)
-
-    def _accept_loop(self) -> None:
-        while True:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
-            self.connections += 1
-            self._spawn(self._pump, client, upstream, False)
-            self._spawn(self._pump, upstream, client, True)
-
-    def _should_cut(self, carried: int) -> bool:
-        with self._lock:
-            if self._armed and carried >= self.cut_after:
-                self._armed = False
-                self.cuts += 1
-                return True
-        return False
-
-    def _pump(self, src: socket.socket, dst: socket.socket, downstream: bool) -> None:
-        carried = 0
-        try:
-            while data := src.recv(256 * 1024):
-                dst.sendall(data)
-                carried += len(data)
-                if downstream and self._should_cut(carried):
-                    if self.before_cut:
-                        self.before_cut()
-                    time.sleep(self.stall)
-                    break
-        except OSError:
-            pass
-        for sock in (src, dst):
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            sock.close()
-
-    def close(self) -> None:
-        self._listener.close()
-
-
 @pytest.fixture
-def proxy_factory(server: SeaweedS3) -> Iterator[Callable[..., CuttingProxy]]:
-    proxies: list[CuttingProxy] = []
+def proxy_factory(server: SeaweedS3) -> Iterator[Callable[..., FaultProxy]]:
+    proxies: list[FaultProxy] = []
 
     def make(cut_after: int, before_cut: Callable[[], None] | None = None,
-             stall: float = 0.0) -> CuttingProxy:
+             stall: float = 0.0) -> FaultProxy:
         port = int(server.http_endpoint.rsplit(":", 1)[1])
-        proxies.append(CuttingProxy(port, cut_after, before_cut, stall))
+        proxies.append(FaultProxy(port, cut_after, "cut", before_cut, stall))
         return proxies[-1]
 
     yield make
@@ -398,7 +322,7 @@ def proxy_factory(server: SeaweedS3) -> Iterator[Callable[..., CuttingProxy]]:
         proxy.close()
 
 
-def test_resume_after_connection_cut(server: SeaweedS3, proxy_factory: Callable[..., CuttingProxy],
+def test_resume_after_connection_cut(server: SeaweedS3, proxy_factory: Callable[..., FaultProxy],
                                      caplog: pytest.LogCaptureFixture) -> None:
     """The connection dies mid-body; the stream resumes at the right byte, identical sha256."""
     data = pseudo_random(16 * MiB + 333, seed=3)
@@ -407,11 +331,11 @@ def test_resume_after_connection_cut(server: SeaweedS3, proxy_factory: Callable[
     url = path_url(proxy.endpoint, server.bucket, "resume.img")
     with caplog.at_level(logging.WARNING):
         assert read_all(S3Source(url, creds(server))) == sha256([data])
-    assert proxy.cuts == 1 and proxy.connections >= 2
+    assert proxy.faults == 1 and proxy.connections >= 2
     assert "resuming at byte" in caplog.text
 
 
-def test_resume_after_stall(server: SeaweedS3, proxy_factory: Callable[..., CuttingProxy]) -> None:
+def test_resume_after_stall(server: SeaweedS3, proxy_factory: Callable[..., FaultProxy]) -> None:
     """A server that goes silent: the stall timeout (read timeout) fires and the stream resumes."""
     data = pseudo_random(8 * MiB + 5, seed=8)
     server.put("stall.img", data)
@@ -421,11 +345,11 @@ def test_resume_after_stall(server: SeaweedS3, proxy_factory: Callable[..., Cutt
     started = time.monotonic()
     url = path_url(proxy.endpoint, server.bucket, "stall.img")
     assert read_all(S3Source(url, options)) == sha256([data])
-    assert proxy.cuts == 1 and time.monotonic() - started < 3.5
+    assert proxy.faults == 1 and time.monotonic() - started < 3.5
 
 
 def test_object_replaced_mid_transfer(server: SeaweedS3,
-                                      proxy_factory: Callable[..., CuttingProxy]) -> None:
+                                      proxy_factory: Callable[..., FaultProxy]) -> None:
     """A new object under the same key must not be spliced onto the old bytes."""
     key = "replaced.img"
     server.put(key, pseudo_random(24 * MiB, seed=4))
@@ -437,7 +361,7 @@ def test_object_replaced_mid_transfer(server: SeaweedS3,
         with pytest.raises(SourceChanged, match="changed while it was being imported"):
             for _ in source.chunks():
                 pass
-    assert proxy.cuts == 1
+    assert proxy.faults == 1
 
 
 def test_object_replaced_before_a_range_read(server: SeaweedS3) -> None:
