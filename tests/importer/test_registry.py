@@ -38,15 +38,11 @@ from importer.errors import (
     UnsafeImage,
 )
 from importer.sources import RetryPolicy, SourceOptions, open_source
-from importer.sources.registry import (
-    ImageReference,
-    RegistrySource,
-    env_labels,
-    env_to_label,
-    host_architecture,
-    parse_challenge,
-    parse_reference,
-)
+from importer.sources.registry import RegistrySource
+from importer.sources.registry.client import parse_challenge
+from importer.sources.registry.labels import env_labels, env_to_label
+from importer.sources.registry.manifest import host_architecture
+from importer.sources.registry.reference import ImageReference, parse_reference
 from importer.formats.tarstream import TarStream, escapes, find_member, normalize
 from importer.stream import ChunkReader
 from tests.servers.faultproxy import FaultProxy
