@@ -6,7 +6,6 @@ lives in ``tests/servers/`` with its own module.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Iterator
 
@@ -15,6 +14,7 @@ import pytest
 from importer.sources import RetryPolicy
 from tests.servers.badserver import BadServer
 from tests.servers.images import Image, build_images
+from tests.servers.images import sha256_file as sha256_of  # noqa: F401 (used by the tests)
 from tests.servers.nginx import Nginx, start_nginx
 from tests.servers.pki import TestCA, make_ca
 
@@ -66,11 +66,3 @@ def bad_server(images: dict[str, Image]) -> Iterator[BadServer]:
 def fast_retry() -> RetryPolicy:
     """Retries short enough for tests: temporary faults still take the real code path."""
     return RetryPolicy(attempts=4, initial_delay=0.05, max_delay=0.3, stall_timeout=10, connect_timeout=5)
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        while chunk := file.read(1 << 22):
-            digest.update(chunk)
-    return digest.hexdigest()

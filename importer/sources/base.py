@@ -14,6 +14,7 @@ import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 from ..errors import SourceUnavailable, TemporaryError
 
@@ -78,6 +79,20 @@ class Source(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def redact(url: str) -> str:
+    """The URL without any ``user:password@``, for names, messages and logs."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[-1]))
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """A ``Retry-After`` header in seconds (the delta-seconds form; a date is ignored)."""
+    value = (value or "").strip()
+    return float(value) if value.isdigit() else None
 
 
 OpenAt = Callable[[int], Iterator[bytes]]

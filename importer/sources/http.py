@@ -21,7 +21,7 @@ import logging
 import threading
 import time
 from typing import Iterator, Mapping
-from urllib.parse import urljoin, urlsplit, urlunsplit
+from urllib.parse import urljoin, urlsplit
 
 import requests
 import urllib3
@@ -30,7 +30,7 @@ from ..errors import (AuthenticationFailed, InvalidSource, PermanentError, Sourc
                       SourceNotFound, SourceUnavailable)
 from ..stream import CHUNK
 from . import SourceOptions
-from .base import Source, SourceInfo, resuming_chunks, retrying
+from .base import Source, SourceInfo, redact, resuming_chunks, retry_after_seconds, retrying
 from .tls import verify_setting
 
 log = logging.getLogger(__name__)
@@ -49,16 +49,6 @@ def parse_headers(lines: list[str]) -> dict[str, str]:
         headers[name.strip()] = value.strip()
     return headers
 
-
-def redact(url: str) -> str:
-    """The URL without user:password, for messages and logs."""
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port:
-        host += f":{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
 
 
 class HttpSource(Source):
@@ -153,7 +143,7 @@ class HttpSource(Source):
         if code in (401, 403, 407):
             raise AuthenticationFailed(detail + ": check the credentials (accessKeyId/secretKey)")
         if code in (408, 425, 429) or code >= 500:
-            raise SourceUnavailable(detail, retry_after=_retry_after(response))
+            raise SourceUnavailable(detail, retry_after=retry_after_seconds(response.headers.get("retry-after")))
         raise PermanentError(detail)
 
     # -- Source ---------------------------------------------------------------------------
@@ -295,10 +285,6 @@ def _validator(response: requests.Response) -> str | None:
     return response.headers.get("last-modified")
 
 
-def _retry_after(response: requests.Response) -> float | None:
-    value = response.headers.get("retry-after", "")
-    return float(value) if value.isdigit() else None
-
 
 def _describe(error: BaseException) -> str:
     """A one-line cause, without urllib3's nested repr noise."""
@@ -310,4 +296,4 @@ def _describe(error: BaseException) -> str:
     return text[:300] or type(error).__name__
 
 
-__all__ = ["HttpSource", "parse_headers", "redact"]
+__all__ = ["HttpSource", "parse_headers"]

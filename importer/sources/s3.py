@@ -26,7 +26,7 @@ import re
 import threading
 from dataclasses import dataclass
 from typing import Any, Iterator
-from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import boto3  # type: ignore[import-untyped]
 import botocore  # type: ignore[import-untyped]
@@ -44,7 +44,7 @@ from ..errors import (
 )
 from ..stream import CHUNK
 from . import SourceOptions
-from .base import Source, SourceInfo, resuming_chunks, retrying
+from .base import Source, SourceInfo, redact, resuming_chunks, retry_after_seconds, retrying
 from .tls import TrustBundle
 
 log = logging.getLogger(__name__)
@@ -128,13 +128,6 @@ def parse_s3_url(url: str, endpoint: str | None = None) -> S3Location:
     return S3Location(bucket, key, endpoint=f"{scheme}://{netloc}", region=None,
                       path_style=True, use_ssl=scheme == "https", version_id=version)
 
-
-def redact(url: str) -> str:
-    """The URL without any ``user:password@``."""
-    parts = urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[-1]))
 
 
 
@@ -411,7 +404,7 @@ class S3Source(Source):
             return InvalidSource(f"{action} {self.name}: wrong region or endpoint "
                                  f"({said}; asked {self.region}){hint}")
         if code in _TEMPORARY or status >= 500 or status == 429:
-            retry_after = _retry_after(headers.get("retry-after"))
+            retry_after = retry_after_seconds(headers.get("retry-after"))
             return SourceUnavailable(f"{action} {self.target}: {said} "
                                      f"(HTTP {status})", retry_after=retry_after)
         return PermanentError(f"{action} {self.target} failed: {said} (HTTP {status})")
@@ -428,9 +421,3 @@ class S3Source(Source):
                     f"request was altered ({said})")
         return f"access to {target} denied ({said}); check the credentials and bucket policy"
 
-
-def _retry_after(value: str | None) -> float | None:
-    try:
-        return float(value) if value else None
-    except ValueError:
-        return None

@@ -3,7 +3,6 @@ real ``qemu-img``/``qemu-io``, and ways to feed an image to the converter."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import random
 import shutil
@@ -14,6 +13,7 @@ from typing import Callable, Iterator
 
 from importer.formats.qcow2 import Qcow2Result, convert_qcow2
 from importer.stream import ChunkReader
+from tests.servers.images import sha256_file
 from importer.target import DiskTarget, TargetSpec
 
 MiB = 1024 * 1024
@@ -54,13 +54,6 @@ def make_source(path: Path, seed: int = 2024) -> Path:
         f.write(rng.randbytes(5000))
     return path
 
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(4 * MiB), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def qemu_raw_sha(image: Path, scratch: Path) -> str:

@@ -29,7 +29,7 @@ class FaultProxy:
         self._lock = threading.Lock()
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port: int = self._listener.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
+        accept_in_background(self._listener, self._connect)
 
     @property
     def endpoint(self) -> str:
@@ -38,16 +38,11 @@ class FaultProxy:
     def close(self) -> None:
         self._listener.close()
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
-            self.connections += 1
-            threading.Thread(target=self._upward, args=(client, upstream), daemon=True).start()
-            threading.Thread(target=self._downward, args=(upstream, client), daemon=True).start()
+    def _connect(self, client: socket.socket) -> None:
+        upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+        self.connections += 1
+        threading.Thread(target=self._upward, args=(client, upstream), daemon=True).start()
+        self._downward(upstream, client)
 
     def _upward(self, client: socket.socket, upstream: socket.socket) -> None:
         for data in _receive(client):
@@ -80,6 +75,20 @@ class FaultProxy:
         flipped = bytearray(data)
         flipped[offset] ^= 0xFF
         return bytes(flipped), False
+
+
+def accept_in_background(listener: socket.socket, serve: Callable[[socket.socket], None]) -> None:
+    """Accept connections until ``listener`` is closed, serving each on its own thread."""
+
+    def loop() -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=serve, args=(client,), daemon=True).start()
+
+    threading.Thread(target=loop, daemon=True).start()
 
 
 def _receive(sock: socket.socket) -> Iterator[bytes]:

@@ -9,7 +9,7 @@ import socket
 import threading
 from urllib.parse import urlsplit
 
-from .faultproxy import _hang_up, _receive, _send
+from .faultproxy import _hang_up, _receive, _send, accept_in_background
 
 
 class ForwardProxy:
@@ -18,18 +18,10 @@ class ForwardProxy:
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port: int = self._listener.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        threading.Thread(target=self._accept, daemon=True).start()
+        accept_in_background(self._listener, self._serve)
 
     def close(self) -> None:
         self._listener.close()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
 
     def _serve(self, client: socket.socket) -> None:
         head = b""

@@ -22,7 +22,7 @@ from ...errors import (
 )
 from ...stream import CHUNK
 from .. import SourceOptions
-from ..base import retrying
+from ..base import retry_after_seconds, retrying
 from ..tls import TrustBundle
 from .reference import ImageReference
 
@@ -66,12 +66,6 @@ def _registry_errors(response: requests.Response) -> str:
         return ""
 
 
-def _retry_after(response: requests.Response) -> float | None:
-    try:
-        return float(response.headers.get("Retry-After", ""))
-    except ValueError:
-        return None
-
 
 def _status_error(response: requests.Response, what: str) -> Exception:
     """The importer error for an unexpected HTTP status while fetching ``what``."""
@@ -85,7 +79,7 @@ def _status_error(response: requests.Response, what: str) -> Exception:
     if status in (404, 410):
         return SourceNotFound(f"{what} not found: HTTP {status} {detail}".rstrip(), reason="ImagePullFailed")
     if status == 429 or status >= 500:
-        return SourceUnavailable(text, retry_after=_retry_after(response))
+        return SourceUnavailable(text, retry_after=retry_after_seconds(response.headers.get("Retry-After")))
     return PermanentError(text, reason="ImagePullFailed")
 
 
