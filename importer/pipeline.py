@@ -46,7 +46,7 @@ from .formats.decompress import decompress
 from .progress import Progress, ProgressListener
 from .readahead import ReadAhead
 from .sources import Source, SourceInfo
-from .stream import CHUNK, ChunkReader, prefetch, tap
+from .stream import CHUNK, ChunkReader, Prefetch, tap
 from .target import DiskTarget, TargetSpec, usable_space
 
 log = logging.getLogger(__name__)
@@ -157,12 +157,12 @@ class _Run:
         direct = self._direct_route()
         if direct:
             return direct
-        reader = ChunkReader(prefetch(tap(self.source.chunks(0), self._received)))
+        reader = ChunkReader(Prefetch(tap(self.source.chunks(0), self._received)))
         self.cleanup.callback(reader.close)
         kind = magic.detect(reader.peek(magic.HEADER_BYTES))
         while magic.is_compression(kind):
             self.compression.append(kind)
-            reader = ChunkReader(prefetch(decompress(kind, reader)))
+            reader = ChunkReader(Prefetch(decompress(kind, reader)))
             self.cleanup.callback(reader.close)
             kind = magic.detect(reader.peek(magic.HEADER_BYTES))
         self.reader = reader

@@ -3,7 +3,7 @@
 A source yields chunks (``bytes``) in order; everything above it (checksum tee, progress
 counter, decompressors, the format handlers) reads through :class:`ChunkReader`, which adds
 ``read(n)``/``read_exact(n)``/``skip(n)``/``peek(n)`` and a position on top of any chunk
-iterator without copying more than it must. :func:`prefetch` moves the producer to its own
+iterator without copying more than it must. :class:`Prefetch` moves the producer to its own
 thread with a bounded queue, so network receive, hashing, decompression and disk writes
 overlap while memory stays flat (at most ``depth`` chunks in flight).
 """
@@ -130,42 +130,75 @@ def tap(chunks: Iterable[bytes], *observers: Callable[[bytes], None]) -> Iterato
 _END = object()
 
 
-def prefetch(chunks: Iterable[bytes], depth: int = 4) -> Iterator[bytes]:
+class Prefetch:
     """Produce ``chunks`` on a worker thread, at most ``depth`` ahead of the consumer.
 
-    Exceptions raised by the producer are re-raised in the consumer, in order. Closing the
-    returned generator (or dropping it) stops the producer at its next chunk.
+    Exceptions raised by the producer are re-raised in the consumer, in order. ``close()``
+    may be called from any thread, even while another prefetch's worker is inside our
+    ``__next__`` (nested stacks close outer-first): it only signals the worker, which closes
+    its own producer, so no generator is ever closed while another thread is running it.
     """
-    slots: queue.Queue[object] = queue.Queue(maxsize=depth)
-    stop = threading.Event()
 
-    def produce() -> None:
+    def __init__(self, chunks: Iterable[bytes], depth: int = 4) -> None:
+        self._chunks = iter(chunks)
+        self._depth = depth
+        self._slots: queue.Queue[object] = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._done = False
+        self._worker = threading.Thread(target=self._produce, name="prefetch", daemon=True)
+        self._worker.start()
+
+    def _produce(self) -> None:
         try:
-            for chunk in chunks:
-                if stop.is_set():
+            for chunk in self._chunks:
+                if self._stop.is_set():
                     return
-                slots.put(chunk)
-            slots.put(_END)
+                self._put(chunk)
+            self._put(_END)
         except BaseException as error:  # handed to the consumer, never lost
-            slots.put(error)
+            self._put(error)
+        finally:
+            close = getattr(self._chunks, "close", None)
+            if close is not None:
+                close()
 
-    worker = threading.Thread(target=produce, name="prefetch", daemon=True)
-    worker.start()
-    try:
-        while True:
-            item = slots.get()
-            if item is _END:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            assert isinstance(item, bytes)
-            yield item
-    finally:
-        stop.set()
-        # unblock a producer waiting on a full queue; one stuck in a read is left to finish
-        # on its own (it is a daemon thread and stops at its next chunk)
-        for _ in range(depth + 2):
+    def _put(self, item: object) -> None:
+        """Queue ``item`` unless the consumer has gone away."""
+        while not self._stop.is_set():
             try:
-                slots.get_nowait()
+                self._slots.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self
+
+    def __next__(self) -> bytes:
+        while True:
+            if self._done:
+                raise StopIteration
+            try:
+                item = self._slots.get(timeout=0.1)
+                break
+            except queue.Empty:
+                continue  # a consumer on another thread may have closed us meanwhile
+        if item is _END:
+            self._done = True
+            raise StopIteration
+        if isinstance(item, BaseException):
+            self._done = True
+            raise item
+        assert isinstance(item, bytes)
+        return item
+
+    def close(self) -> None:
+        """Stop the worker at its next chunk; one stuck in a read finishes on its own (it is a
+        daemon thread) and then closes its producer."""
+        self._done = True
+        self._stop.set()
+        while True:
+            try:
+                self._slots.get_nowait()
             except queue.Empty:
                 break
