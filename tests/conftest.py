@@ -18,7 +18,7 @@ from tests.servers.images import sha256_file as sha256_of  # noqa: F401 (used by
 from tests.servers.nginx import Nginx, start_nginx
 from tests.servers.pki import TestCA, make_ca
 
-pytest_plugins = ["tests.servers.registry", "tests.servers.seaweed"]
+pytest_plugins = ["tests.kube.fixtures", "tests.servers.registry", "tests.servers.seaweed"]
 
 
 

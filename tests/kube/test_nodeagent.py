@@ -14,8 +14,6 @@ from __future__ import annotations
 import http.server
 import ipaddress
 import json
-import os
-import subprocess
 import threading
 import time
 import uuid
@@ -26,32 +24,10 @@ import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from kubeenv.controlplane import ControlPlane
 from kubeenv.nodeagent import CLASS_IMMEDIATE, CLASS_WFFC, SCHEDULER_NAME, NodeAgent
 from kubeenv.nodeagent.network import NETNS_DIR
 
-NODE = "cdi-test-node"
-
-
-@pytest.fixture(scope="session")
-def node_agent(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeAgent]:
-    """The node, for the whole session; at the end nothing of it may be left on the host."""
-    agent = NodeAgent(control_plane.kubeconfig, tmp_path_factory.mktemp("node"), NODE).start()
-    yield agent
-    agent.stop()
-    assert leftovers(agent) == []
-
-
-def leftovers(agent: NodeAgent) -> list[str]:
-    """Namespaces, loop devices, mounts, processes or the bridge that outlived the agent."""
-    found = [f"netns {p.name}" for p in NETNS_DIR.glob(f"{agent.network.prefix}*")] if NETNS_DIR.is_dir() else []
-    found += [f"loop {d}" for d in agent.loops.leftovers()]
-    found += [f"mount {line.split()[4]}" for line in Path("/proc/self/mountinfo").read_text().splitlines()
-              if line.split()[4].startswith(str(agent.workdir))]
-    found += [f"process {pid}" for pid in processes_with(str(agent.workdir))]
-    if subprocess.run(["ip", "link", "show", agent.network.bridge], capture_output=True).returncode == 0:
-        found.append(f"bridge {agent.network.bridge}")
-    return found
+from tests.kube.fixtures import NODE, processes_with  # noqa: F401 - used by tests below
 
 
 @pytest.fixture
@@ -121,18 +97,6 @@ def gone(core: client.CoreV1Api, ns: str, name: str) -> bool:
         if error.status == 404:
             return True
         raise
-
-
-def processes_with(marker: str) -> list[int]:
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and int(entry.name) != os.getpid():
-            try:
-                if marker.encode() in (entry / "cmdline").read_bytes():
-                    pids.append(int(entry.name))
-            except OSError:
-                continue
-    return pids
 
 
 # -- the node --------------------------------------------------------------------------------

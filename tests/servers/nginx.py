@@ -31,13 +31,14 @@ class Nginx:
         self.process.wait(10)
 
 
-def start_nginx(root: Path, prefix: Path, ca: TestCA, rate: str = "1m") -> Nginx:
+def start_nginx(root: Path, prefix: Path, ca: TestCA, rate: str = "1m", host: str = "127.0.0.1") -> Nginx:
+    """``host`` is the address to listen on and to put in URLs: pods reach the host at the node IP."""
     if not shutil.which("nginx"):
         raise RuntimeError("nginx is not installed: run scripts/setup")
     prefix.mkdir(parents=True, exist_ok=True)
     for sub in ("logs", "tmp"):
         (prefix / sub).mkdir(exist_ok=True)
-    server = ca.issue(prefix, "nginx")
+    server = ca.issue(prefix, "nginx", ips=tuple(dict.fromkeys(("127.0.0.1", host))))
     hashed = subprocess.run(["openssl", "passwd", "-apr1", PASSWORD], check=True,
                             capture_output=True, text=True).stdout.strip()
     (prefix / "htpasswd").write_text(f"{USER}:{hashed}\n")
@@ -57,11 +58,11 @@ http {{
   client_body_temp_path {prefix}/tmp/body; proxy_temp_path {prefix}/tmp/proxy;
   fastcgi_temp_path {prefix}/tmp/fcgi; uwsgi_temp_path {prefix}/tmp/uwsgi; scgi_temp_path {prefix}/tmp/scgi;
   sendfile on; default_type application/octet-stream;
-  server {{ listen 127.0.0.1:{ports['http']}; root {root}; }}
-  server {{ listen 127.0.0.1:{ports['https']} ssl; {tls} root {root}; }}
-  server {{ listen 127.0.0.1:{ports['auth']}; {auth} root {root}; }}
-  server {{ listen 127.0.0.1:{ports['https_auth']} ssl; {tls} {auth} root {root}; }}
-  server {{ listen 127.0.0.1:{ports['slow']}; limit_rate {rate}; root {root}; }}
+  server {{ listen {host}:{ports['http']}; root {root}; }}
+  server {{ listen {host}:{ports['https']} ssl; {tls} root {root}; }}
+  server {{ listen {host}:{ports['auth']}; {auth} root {root}; }}
+  server {{ listen {host}:{ports['https_auth']} ssl; {tls} {auth} root {root}; }}
+  server {{ listen {host}:{ports['slow']}; limit_rate {rate}; root {root}; }}
 }}
 """
     conf_path = prefix / "nginx.conf"
@@ -69,7 +70,7 @@ http {{
     process = subprocess.Popen(["nginx", "-c", str(conf_path), "-p", str(prefix)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     for port in ports.values():
-        wait_listening(port)
-    return Nginx(http=f"http://127.0.0.1:{ports['http']}", https=f"https://127.0.0.1:{ports['https']}",
-                 auth=f"http://127.0.0.1:{ports['auth']}", https_auth=f"https://127.0.0.1:{ports['https_auth']}",
-                 slow=f"http://127.0.0.1:{ports['slow']}", root=root, process=process, prefix=prefix)
+        wait_listening(port, host=host)
+    return Nginx(http=f"http://{host}:{ports['http']}", https=f"https://{host}:{ports['https']}",
+                 auth=f"http://{host}:{ports['auth']}", https_auth=f"https://{host}:{ports['https_auth']}",
+                 slow=f"http://{host}:{ports['slow']}", root=root, process=process, prefix=prefix)

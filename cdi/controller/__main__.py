@@ -1,0 +1,78 @@
+"""``python -m cdi.controller``: run the DataVolume controller against a cluster.
+
+Configuration is read here, once: the kubeconfig (``--kubeconfig``, else ``$KUBECONFIG``, else
+in-cluster), ``IMPORTER_IMAGE``/``IMPORTER_PULL_POLICY`` for worker pods,
+``IMPORTER_EXTRA_ENV`` (``K=V,K=V``, passed to every importer), ``IMPORT_MAX_ATTEMPTS`` (failed
+importer runs after which even a temporary error fails the DataVolume), ``WORKERS``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+
+from kubernetes import client, config
+
+from .cache import ObjectCache
+from .context import Context
+from .importer_pod import ImporterSettings
+from .kube import Kube
+from .operator import Controller, connection_from
+
+
+def _parse_env_list(text: str) -> dict[str, str]:
+    pairs = (item.split("=", 1) for item in text.split(",") if "=" in item)
+    return {k.strip(): v.strip() for k, v in pairs}
+
+
+def load_configuration(kubeconfig: str | None) -> client.Configuration:
+    configuration = client.Configuration()
+    path = kubeconfig or os.environ.get("KUBECONFIG")
+    if path:
+        config.load_kube_config(config_file=path, client_configuration=configuration)
+    else:
+        config.load_incluster_config(client_configuration=configuration)
+    return configuration
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m cdi.controller", description=__doc__)
+    parser.add_argument("--kubeconfig")
+    parser.add_argument("--liveness", help="e.g. http://0.0.0.0:8080/healthz")
+    parser.add_argument("--workers", type=int, default=int(os.environ.get("WORKERS", "8")))
+    parser.add_argument("-v", "--verbose", action="store_true")
+    # always so; accepted for kopf-style command lines (the Deployment spells them out)
+    parser.add_argument("--standalone", action="store_true", help="no peering (always)")
+    parser.add_argument("-A", "--all-namespaces", action="store_true", help="cluster-wide (always)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("kopf").setLevel(logging.WARNING)
+    configuration = load_configuration(args.kubeconfig)
+    configuration.connection_pool_maxsize = max(args.workers * 2, 8)
+    cache = ObjectCache()
+    importer = ImporterSettings(
+        image=os.environ.get("IMPORTER_IMAGE", ImporterSettings.image),
+        pull_policy=os.environ.get("IMPORTER_PULL_POLICY", ImporterSettings.pull_policy),
+        extra_env=_parse_env_list(os.environ.get("IMPORTER_EXTRA_ENV", "")))
+    ctx = Context(cache=cache, kube=Kube(client.ApiClient(configuration), cache), importer=importer,
+                  max_attempts=int(os.environ.get("IMPORT_MAX_ATTEMPTS", "3")))
+    controller = Controller(ctx, workers=args.workers)
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await controller.run(stop_flag=stop, liveness_endpoint=args.liveness,
+                             connection=connection_from(configuration))
+
+    asyncio.run(run())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

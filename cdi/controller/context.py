@@ -1,0 +1,29 @@
+"""What every reconciler shares: the cache it reads, the client it writes with, the resolved
+CDIConfig, and the controller's own settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .cache import ObjectCache
+from .config import ControllerConfig, resolve_config
+from .importer_pod import ImporterSettings
+from .kube import Kube
+
+CONFIG_NAME = "config"
+"""CDI's singleton CDIConfig."""
+
+
+@dataclass
+class Context:
+    cache: ObjectCache
+    kube: Kube
+    importer: ImporterSettings = field(default_factory=ImporterSettings)
+    max_attempts: int = 3
+    """Failed importer runs of one import after which a *temporary* error fails the DataVolume
+    too (CDI retries forever; a permanent error fails it after the first)."""
+    poll_seconds: float = 2.0
+    """How often progress is read from a running importer, as CDI does."""
+
+    def config(self) -> ControllerConfig:
+        return resolve_config(self.cache.get("cdiconfig", "", CONFIG_NAME), self.cache.list("storageclass"))

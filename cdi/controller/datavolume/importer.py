@@ -1,0 +1,122 @@
+"""The import flow: http, s3, registry and blank DataVolumes.
+
+The DataVolume's source is written onto its PVC as CDI's ``storage.import.*`` annotations
+(so a bare annotated PVC and a DataVolume's PVC are served by the same PVC import controller),
+and the importer pod's state, mirrored on the PVC, gives the phase:
+pod Pending -> ImportScheduled, Running -> ImportInProgress, Succeeded -> Succeeded (100.0%),
+a permanent error or too many failed runs -> Failed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .. import annotations as ann
+from ..config import ControllerConfig
+from .flow import Event
+
+SERVED = ("http", "s3", "registry", "blank")
+
+
+def source_of(dv: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    source = (dv.get("spec") or {}).get("source") or {}
+    for kind, value in source.items():
+        if isinstance(value, dict):
+            return kind, value
+    return "", {}
+
+
+def _indexed(prefix: str, values: list[str] | None) -> dict[str, str]:
+    return {f"{prefix}.{i}": v for i, v in enumerate(values or [])}
+
+
+def source_annotations(kind: str, source: dict[str, Any]) -> dict[str, str]:
+    """CDI's ``storage.import.*`` annotations for one source."""
+    if kind == "blank":
+        return {ann.IMPORT_SOURCE: "none"}
+    out = {ann.IMPORT_SOURCE: kind, ann.IMPORT_ENDPOINT: str(source.get("url", ""))}
+    if source.get("secretRef"):
+        out[ann.IMPORT_SECRET] = source["secretRef"]
+    if source.get("certConfigMap"):
+        out[ann.IMPORT_CERT_CONFIG_MAP] = source["certConfigMap"]
+    if kind == "http":
+        if source.get("checksum"):
+            out[ann.IMPORT_CHECKSUM] = source["checksum"]
+        if source.get("insecureSkipVerify"):
+            out[ann.IMPORT_INSECURE_SKIP_VERIFY] = "true"
+        out.update(_indexed(ann.IMPORT_EXTRA_HEADERS, source.get("extraHeaders")))
+        out.update(_indexed(ann.IMPORT_SECRET_EXTRA_HEADERS, source.get("secretExtraHeaders")))
+    if kind == "registry":
+        out[ann.IMPORT_REGISTRY_METHOD] = source.get("pullMethod") or "pod"
+        architecture = (source.get("platform") or {}).get("architecture")
+        if architecture:
+            out[ann.IMPORT_REGISTRY_ARCHITECTURE] = architecture
+    return out
+
+
+class ImportFlow:
+    component = "datavolume-import-controller"
+
+    def refusal(self, dv: dict[str, Any]) -> tuple[str, str] | None:
+        kind, source = source_of(dv)
+        if kind not in SERVED:
+            return "UnsupportedSource", f"this controller does not import from {kind or 'an empty'} sources yet"
+        if kind == "registry" and not source.get("url"):
+            return "UnsupportedSource", "registry imports from an imageStream are not supported; give a url"
+        return None
+
+    def claim_annotations(self, dv: dict[str, Any], config: ControllerConfig) -> dict[str, str]:
+        kind, source = source_of(dv)
+        spec = dv.get("spec") or {}
+        out = source_annotations(kind, source)
+        out[ann.CONTENT_TYPE] = spec.get("contentType") or "kubevirt"
+        preallocation = spec.get("preallocation")
+        out[ann.PREALLOCATION_REQUESTED] = str(config.preallocation if preallocation is None
+                                               else bool(preallocation)).lower()
+        return out
+
+    def worker_phase(self, annotations: dict[str, str], claim_name: str) -> tuple[str, Event] | None:
+        if annotations.get(ann.FATAL_ERROR) == "true":
+            why = annotations.get(ann.RUNNING_CONDITION_MESSAGE, "")
+            return "Failed", Event("Warning", "ImportFailed", f"Failed to import into PVC {claim_name}: {why}")
+        phase = annotations.get(ann.POD_PHASE)
+        if phase == "Succeeded":
+            return "Succeeded", Event("Normal", "ImportSucceeded", f"Successfully imported into PVC {claim_name}")
+        if phase == "Running":
+            return "ImportInProgress", Event("Normal", "ImportInProgress", f"Import into {claim_name} in progress")
+        if phase in ("Pending", "Failed") or ann.IMPORT_POD_NAME in annotations:
+            return "ImportScheduled", Event("Normal", "ImportScheduled", f"Import into {claim_name} scheduled")
+        return None
+
+    def reports_progress(self) -> bool:
+        return True
+
+
+class UnsupportedFlow:
+    """Upload, clone and the other sources this controller does not run yet: the DataVolume stays
+    Pending with a condition that says so, and no PVC is created."""
+
+    component = "datavolume-controller"
+
+    def refusal(self, dv: dict[str, Any]) -> tuple[str, str] | None:
+        spec = dv.get("spec") or {}
+        if spec.get("sourceRef"):
+            return "UnsupportedSource", "DataVolumes from a DataSource (sourceRef) are clones, not supported yet"
+        kind, _ = source_of(dv)
+        return "UnsupportedSource", f"this controller does not handle {kind or 'an empty'} sources yet"
+
+    def claim_annotations(self, dv: dict[str, Any], config: ControllerConfig) -> dict[str, str]:
+        return {}
+
+    def worker_phase(self, annotations: dict[str, str], claim_name: str) -> tuple[str, Event] | None:
+        return None
+
+    def reports_progress(self) -> bool:
+        return False
+
+
+def flow_for(dv: dict[str, Any]) -> ImportFlow | UnsupportedFlow:
+    kind, _ = source_of(dv)
+    if (dv.get("spec") or {}).get("sourceRef") or kind not in SERVED + ("gcs", "imageio", "vddk"):
+        return UnsupportedFlow()
+    return ImportFlow()

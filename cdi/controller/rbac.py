@@ -1,0 +1,87 @@
+"""What the DataVolume controller may do in the cluster: its ClusterRole's rules, as data.
+
+``python -m cdi.controller.manifests`` renders them into ``deploy/``; ``tests/kube/test_deploy.py``
+asks the real apiserver (SubjectAccessReviews) that every verb in its table of needs is allowed
+and that a table of things the controller must never do is refused.
+
+Decisions, so that nobody re-adds what was left out on purpose:
+
+* **No Secrets at all.** Importer pods get credentials through ``secretKeyRef`` and secret
+  volumes; creating a pod that references a Secret needs no permission on that Secret (the
+  kubelet fetches it with the node's identity, which the Node authorizer allows for pods bound to
+  it). Unlike ServiceAccount token rules there is no creator check. The flip side is Kubernetes'
+  known caveat: whoever may create pods in a namespace can read its Secrets through a pod, so
+  ``pods: create`` is the controller's most powerful grant and is why nothing else is added to it.
+* **No PersistentVolumes.** The annotation (legacy) import flow only reads its PVC's
+  ``status.phase``; binding mode comes from the StorageClass. The populator flow (PV rebinding)
+  is not implemented; it would need ``persistentvolumes: get, patch``.
+* **Status subresources only where the CRDs serve them** (``crds/``): DataVolume and
+  StorageProfile have ``/status``; DataSource and CDIConfig do not, so their status is written
+  through the object itself (``patch``). ``datasources/status``/``cdiconfigs/status`` would grant
+  nothing the apiserver serves. The test checks this against :data:`cdi.api.crds.KINDS`.
+* **kopf, standalone and cluster-wide** (``kopf run --standalone -A``): no peering objects
+  (``kopf.dev``/``zalando.org`` ``clusterkopfpeerings``; ``guess_selectors`` returns none when
+  standalone), no namespaces (observed only for namespace patterns, not with ``-A``); it needs
+  discovery (``/api``, ``/apis``: granted to every authenticated user by ``system:discovery``),
+  list/watch of every watched resource, ``patch`` on resources with stateful handlers
+  (on.create/update/resume keep their state in annotations and ``status.kopf``), core ``events:
+  create`` for its own event posting, and list/watch of CRDs for its resource observer.
+* **Handlers on pods and StorageClasses must be stateless** (``@kopf.on.event``, indexes):
+  ``patch`` on them is refused on purpose, and kopf's stateful handlers patch their objects.
+"""
+
+from __future__ import annotations
+
+from typing import TypedDict
+
+
+class PolicyRule(TypedDict):
+    """One rule of a (Cluster)Role, with the field names of ``rbac.authorization.k8s.io/v1``."""
+
+    apiGroups: list[str]
+    resources: list[str]
+    verbs: list[str]
+
+
+CDI = "cdi.kubevirt.io"
+CORE = ""
+READ = ["get", "list", "watch"]
+
+RULES: tuple[PolicyRule, ...] = (
+    # DataVolumes are the reconciled objects; kopf stores handler progress in their annotations (patch); no finalizers
+    PolicyRule(apiGroups=[CDI], resources=["datavolumes"], verbs=[*READ, "update", "patch"]),
+    # phase, progress, restartCount and conditions go through the status subresource
+    PolicyRule(apiGroups=[CDI], resources=["datavolumes/status"], verbs=["get", "update", "patch"]),
+    # sourceRef resolution; DataSource has no status subresource, so its Ready condition is a patch on the object
+    PolicyRule(apiGroups=[CDI], resources=["datasources"], verbs=[*READ, "patch"]),
+    # one StorageProfile per StorageClass, created and kept in step by the controller
+    PolicyRule(apiGroups=[CDI], resources=["storageprofiles"], verbs=[*READ, "create", "update", "patch"]),
+    # the profile's resolved claimPropertySets/provisioner live in its status subresource
+    PolicyRule(apiGroups=[CDI], resources=["storageprofiles/status"], verbs=["update", "patch"]),
+    # the singleton `config`: read for defaults, created if missing, status resolved in place (no subresource)
+    PolicyRule(apiGroups=[CDI], resources=["cdiconfigs"], verbs=[*READ, "create", "update", "patch"]),
+    # DataImportCrons are read only (their DVs will be created by a later cron controller)
+    PolicyRule(apiGroups=[CDI], resources=["dataimportcrons"], verbs=READ),
+    # the target PVC: created from the DV, annotated with the import source and pod state, deleted on failure
+    PolicyRule(apiGroups=[CORE], resources=["persistentvolumeclaims"],
+               verbs=[*READ, "create", "update", "patch", "delete"]),
+    # importer/upload pods: created, watched for phase and termination message, deleted when done (never patched)
+    PolicyRule(apiGroups=[CORE], resources=["pods"], verbs=[*READ, "create", "delete"]),
+    # the controller's and kopf's own Events on DVs (kopf posts core/v1 events; patch aggregates repeats)
+    PolicyRule(apiGroups=[CORE], resources=["events"], verbs=["create", "patch"]),
+    # certConfigMap existence checks; the import proxy CA is copied into the DV namespace and removed after
+    PolicyRule(apiGroups=[CORE], resources=["configmaps"], verbs=[*READ, "create", "delete"]),
+    # per-PVC upload server Services (cdi-upload-<pvc>)
+    PolicyRule(apiGroups=[CORE], resources=["services"], verbs=[*READ, "create", "delete"]),
+    # default (virt) class, volumeBindingMode and provisioner; StorageProfiles follow StorageClasses
+    PolicyRule(apiGroups=["storage.k8s.io"], resources=["storageclasses"], verbs=READ),
+    # kopf's resource observer re-scans discovery when CRDs change (e.g. crds/ applied after the controller)
+    PolicyRule(apiGroups=["apiextensions.k8s.io"], resources=["customresourcedefinitions"], verbs=["list", "watch"]),
+)
+
+
+def granted(rules: tuple[PolicyRule, ...] = RULES) -> set[tuple[str, str, str]]:
+    """Every ``(apiGroup, resource, verb)`` the rules allow, for comparing against a table of needs."""
+    return {(group, resource, verb)
+            for rule in rules for group in rule["apiGroups"]
+            for resource in rule["resources"] for verb in rule["verbs"]}

@@ -1,0 +1,70 @@
+"""Small helpers the controller tests share: make DataVolumes, read them, read a volume's bytes."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+GROUP, VERSION, PLURAL = "cdi.kubevirt.io", "v1beta1", "datavolumes"
+
+
+def create_dv(custom: client.CustomObjectsApi, ns: str, name: str, source: dict[str, Any], size: str = "64Mi",
+              annotations: dict[str, str] | None = None, **spec: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "apiVersion": f"{GROUP}/{VERSION}", "kind": "DataVolume",
+        "metadata": {"name": name, "annotations": annotations or {}},
+        "spec": {"source": source, **spec},
+    }
+    if "pvc" not in spec and "storage" not in spec:
+        body["spec"]["storage"] = {"resources": {"requests": {"storage": size}}}
+    result: dict[str, Any] = custom.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, body)
+    return result
+
+
+def get_dv(custom: client.CustomObjectsApi, ns: str, name: str) -> dict[str, Any] | None:
+    try:
+        result: dict[str, Any] = custom.get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name)
+        return result
+    except ApiException as error:
+        if error.status == 404:
+            return None
+        raise
+
+
+def phase(custom: client.CustomObjectsApi, ns: str, name: str) -> str:
+    dv = get_dv(custom, ns, name) or {}
+    return str((dv.get("status") or {}).get("phase", ""))
+
+
+def condition(dv: dict[str, Any], kind: str) -> dict[str, Any]:
+    return next((c for c in (dv.get("status") or {}).get("conditions") or [] if c["type"] == kind), {})
+
+
+def volume_path(core: client.CoreV1Api, ns: str, claim: str) -> Path:
+    """The host file behind a bound claim: ``disk.img`` in a Filesystem volume, or the block image."""
+    pvc = core.read_namespaced_persistent_volume_claim(claim, ns)
+    pv = core.read_persistent_volume(pvc.spec.volume_name)
+    path = Path(pv.spec.local.path)
+    return path if pvc.spec.volume_mode == "Block" else path / "disk.img"
+
+
+def sha256_prefix(path: Path, size: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        left = size
+        while left > 0:
+            chunk = f.read(min(left, 1 << 20))
+            if not chunk:
+                break
+            digest.update(chunk)
+            left -= len(chunk)
+    return digest.hexdigest()
+
+
+def events_for(core: client.CoreV1Api, ns: str, name: str) -> list[tuple[str, str, str]]:
+    items = core.list_namespaced_event(ns, field_selector=f"involvedObject.name={name}").items
+    return [(e.type, e.reason, e.message) for e in items]
