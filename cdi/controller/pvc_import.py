@@ -45,11 +45,17 @@ def can_start(pvc: dict[str, Any]) -> bool:
 
 def reconcile(ctx: Context, namespace: str, name: str) -> float | None:
     pvc = ctx.cache.get("pvc", namespace, name)
-    if pvc is None or pvc["metadata"].get("deletionTimestamp") or not is_import_claim(pvc):
+    if pvc is None or not is_import_claim(pvc):
         return None
     annotations: dict[str, str] = pvc["metadata"].get("annotations") or {}
     pod_name = annotations.get(ann.IMPORT_POD_NAME) or importer_pod.name_for("importer", name)
     pod = ctx.cache.get("pod", namespace, pod_name)
+    if pvc["metadata"].get("deletionTimestamp"):
+        # the claim's protection finalizer waits for the pod, and the garbage collector waits for
+        # the claim to be gone before it removes the pod: only we can break the wait
+        if pod is not None:
+            ctx.kube.delete("pod", namespace, pod_name)
+        return None
     if is_done(annotations):
         if pod is not None and annotations.get(ann.RETAIN_AFTER_COMPLETION) != "true":
             ctx.kube.delete("pod", namespace, pod_name)
