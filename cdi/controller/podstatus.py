@@ -114,7 +114,7 @@ def _running(pod: dict[str, Any], container: dict[str, Any] | None) -> dict[str,
     if container is None:
         return cond("false", "", "Pending")
     state = container.get("state") or {}
-    if state.get("running"):
+    if state.get("running") is not None:
         return cond("true", "", "Pod is running")
     waiting = state.get("waiting")
     if waiting and waiting.get("reason") not in _WAITING_IGNORED:
