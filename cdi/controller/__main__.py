@@ -71,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
                              connection=connection_from(configuration))
 
     asyncio.run(run())
+    logging.getLogger("cdi.controller").info("stopped after %d API writes", ctx.kube.requests)
     return 0
 
 

@@ -122,7 +122,7 @@ class Controller:
         kopf.on.login(registry=registry)(lambda **_: connection)
         settings = kopf.OperatorSettings()
         settings.posting.enabled = False      # events are ours to write, with CDI's reasons
-        settings.scanning.disabled = True     # no CRD/namespace watching: needs no RBAC for it
+        # scanning stays on: kopf notices CRDs applied after the controller started (RBAC: list/watch CRDs)
         settings.watching.server_timeout = 300
         settings.networking.request_timeout = 60
         self.queue.add(("cdiconfig", "", CONFIG_NAME))
