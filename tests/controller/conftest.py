@@ -105,9 +105,11 @@ def installed(control_plane: ControlPlane) -> ControlPlane:
     return control_plane
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def controller(installed: ControlPlane, kube: client.ApiClient, node_agent: NodeAgent,
                tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControllerProcess]:
+    """Stopped when this package's tests end: it is cluster-wide, and other tests (tests/kube)
+    write DataVolume statuses by hand."""
     workdir = tmp_path_factory.mktemp("controller")
     kubeconfig = service_account_kubeconfig(installed, client.CoreV1Api(kube), workdir / "kubeconfig")
     process = ControllerProcess(kubeconfig, workdir / "controller.log").start()
