@@ -14,7 +14,10 @@ Behaviours under test (CDI's acceptance scenarios, ref section 6.4):
 - deleting a DataVolume mid-import removes its PVC and importer pod;
 - restarting the controller mid-import makes no second pod and the import still Succeeds;
 - WaitForFirstConsumer is its own phase; ``bind.immediate.requested`` imports at once;
-- sources this controller does not serve stay Pending with a condition that says so.
+- sources this controller does not serve stay Pending with a condition that says so;
+- ``retainAfterCompletion`` keeps the finished importer pod;
+- a bare PVC with CDI's import annotations is imported (CDI's PVC-level flow), here a
+  compressed VHD, which gets a scratch PVC decided up front from its name.
 """
 
 from __future__ import annotations
@@ -222,3 +225,25 @@ def test_unsupported_source_says_so(custom: client.CustomObjectsApi, core: clien
         raise AssertionError("a PVC was created for a source nobody will fill")
     except ApiException as error:
         assert error.status == 404
+
+
+def test_retain_after_completion_keeps_the_pod(custom: client.CustomObjectsApi, core: client.CoreV1Api, ns: str,
+                                               controller: ControllerProcess) -> None:
+    create_dv(custom, ns, "kept", {"blank": {}}, size="16Mi",
+              annotations={f"{A}.pod.retainAfterCompletion": "true"})
+    succeeded(custom, ns, "kept", controller)
+    time.sleep(3)  # a controller that deletes finished pods would have done so by now
+    pod = core.read_namespaced_pod("importer-kept", ns)
+    assert pod.status.phase == "Succeeded"
+
+
+def test_bare_annotated_pvc_is_imported(core: client.CoreV1Api, ns: str, pod_nginx: Nginx,
+                                        images: dict[str, Image], controller: ControllerProcess) -> None:
+    """CDI's PVC-level flow: no DataVolume, only CDI's import annotations on a PVC."""
+    core.create_namespaced_persistent_volume_claim(ns, {
+        "metadata": {"name": "bare", "annotations": {f"{A}.import.endpoint": f"{pod_nginx.http}/disk.vhd.gz"}},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "64Mi"}}}})
+    wait_for("the PVC import", lambda: (core.read_namespaced_persistent_volume_claim("bare", ns).metadata.annotations
+                                        or {}).get(f"{A}.pod.phase") == "Succeeded", 120, controller)
+    image = images["disk.vhd.gz"]
+    assert sha256_prefix(volume_path(core, ns, "bare"), image.raw_size) == image.raw_sha256
