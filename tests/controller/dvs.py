@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
 from kubernetes import client
 from kubernetes.client.rest import ApiException
+
+from tests.servers.images import sha256_file
 
 GROUP, VERSION, PLURAL = "cdi.kubevirt.io", "v1beta1", "datavolumes"
 
@@ -53,16 +54,7 @@ def volume_path(core: client.CoreV1Api, ns: str, claim: str) -> Path:
 
 
 def sha256_prefix(path: Path, size: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        left = size
-        while left > 0:
-            chunk = f.read(min(left, 1 << 20))
-            if not chunk:
-                break
-            digest.update(chunk)
-            left -= len(chunk)
-    return digest.hexdigest()
+    return sha256_file(path, size)
 
 
 def events_for(core: client.CoreV1Api, ns: str, name: str) -> list[tuple[str, str, str]]:

@@ -39,11 +39,15 @@ class Image:
         return self.path.name
 
 
-def sha256_file(path: Path) -> str:
+def sha256_file(path: Path, length: int | None = None) -> str:
+    """sha256 of the file, or of its first ``length`` bytes (an image inside a disk grown to its
+    volume's size)."""
     digest = hashlib.sha256()
+    left = length if length is not None else 1 << 62
     with open(path, "rb") as file:
-        while chunk := file.read(4 * MiB):
+        while left > 0 and (chunk := file.read(min(4 * MiB, left))):
             digest.update(chunk)
+            left -= len(chunk)
     return digest.hexdigest()
 
 
