@@ -12,8 +12,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +22,8 @@ from kubernetes import client
 
 from kubeenv.controlplane import ControlPlane
 from kubeenv.nodeagent import NodeAgent
+from tests.kube.fixtures import make_namespace
+from tests.kube.fixtures import wait_for as poll
 from tests.servers.images import Image
 from tests.servers.nginx import Nginx, start_nginx
 from tests.servers.pki import TestCA
@@ -128,19 +128,13 @@ def pod_nginx(images: dict[str, Image], session_dir: Path, test_ca: TestCA, node
 
 
 @pytest.fixture
-def core(kube: client.ApiClient) -> client.CoreV1Api:
-    return client.CoreV1Api(kube)
-
-
-@pytest.fixture
 def custom(kube: client.ApiClient) -> client.CustomObjectsApi:
     return client.CustomObjectsApi(kube)
 
 
 @pytest.fixture
 def ns(core: client.CoreV1Api, controller: ControllerProcess) -> Iterator[str]:
-    name = f"dv-{uuid.uuid4().hex[:8]}"
-    core.create_namespace({"metadata": {"name": name}})
+    name = make_namespace(core, "dv")
     yield name
     core.delete_namespace(name)
 
@@ -149,12 +143,6 @@ def ns(core: client.CoreV1Api, controller: ControllerProcess) -> Iterator[str]:
 
 
 def wait_for(what: str, check: Callable[[], Any], timeout: float = 90, controller: ControllerProcess | None = None) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            tail = controller.log()[-3000:] if controller else ""
-            raise AssertionError(f"timed out waiting for {what}\n{tail}")
-        time.sleep(0.3)
+    """The shared poll, showing the controller's log tail when it times out."""
+    explain = (lambda: controller.log()[-3000:]) if controller is not None else None
+    return poll(what, check, timeout, explain)

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import Iterator
+import time
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from kubernetes import client, config
@@ -81,3 +84,30 @@ def processes_with(marker: str) -> list[int]:
             except OSError:
                 continue
     return pids
+
+
+@pytest.fixture
+def core(kube: client.ApiClient) -> client.CoreV1Api:
+    return client.CoreV1Api(kube)
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float = 30,
+             explain: Callable[[], str] | None = None) -> Any:
+    """Poll ``check`` until it returns something true; on timeout, say what and (``explain``) why."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            detail = f"\n{explain()}" if explain else ""
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}{detail}")
+        time.sleep(0.2)
+
+
+def make_namespace(core: client.CoreV1Api, prefix: str) -> str:
+    """A fresh namespace, ready for pods (kube-controller-manager has made its default service account)."""
+    name = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    core.create_namespace({"metadata": {"name": name}})
+    wait_for("the default service account", lambda: core.list_namespaced_service_account(name).items)
+    return name

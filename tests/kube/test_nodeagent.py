@@ -18,7 +18,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import pytest
 from kubernetes import client
@@ -27,36 +27,14 @@ from kubernetes.client.rest import ApiException
 from kubeenv.nodeagent import CLASS_IMMEDIATE, CLASS_WFFC, SCHEDULER_NAME, NodeAgent
 from kubeenv.nodeagent.network import NETNS_DIR
 
-from tests.kube.fixtures import NODE, processes_with  # noqa: F401 - used by tests below
-
-
-@pytest.fixture
-def core(kube: client.ApiClient) -> client.CoreV1Api:
-    return client.CoreV1Api(kube)
+from tests.kube.fixtures import NODE, make_namespace, processes_with, wait_for  # noqa: F401 - used below
 
 
 @pytest.fixture
 def ns(core: client.CoreV1Api, node_agent: NodeAgent) -> Iterator[str]:
-    name = f"node-{uuid.uuid4().hex[:8]}"
-    core.create_namespace({"metadata": {"name": name}})
-    # pods are refused until kube-controller-manager has made the namespace's default service account
-    wait_for("the default service account", lambda: core.list_namespaced_service_account(name).items)
+    name = make_namespace(core, "node")
     yield name
     core.delete_namespace(name)
-
-
-# -- helpers ---------------------------------------------------------------------------------
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 30) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.2)
 
 
 def pod_body(name: str, script: str, *, restart: str = "Never", **spec: Any) -> dict[str, Any]:
