@@ -25,7 +25,7 @@ from ..context import Context
 from ..progress import format_progress, scrape
 from ..storage import RenderError, render_pvc_spec
 from .flow import Event
-from .importer import UnsupportedFlow, flow_for
+from .importer import flow_for
 
 log = logging.getLogger("cdi.controller.datavolume")
 
@@ -47,7 +47,8 @@ def reconcile(ctx: Context, namespace: str, name: str) -> float | None:
     refusal = flow.refusal(dv)
     if refusal is not None:
         _pending(status, *refusal)
-        return _finish(ctx, dv, before, status, flow.component, Event("Warning", refusal[0], refusal[1]))
+        _finish(ctx, dv, before, status, flow.component, Event("Warning", refusal[0], refusal[1]))
+        return None
     pvc = ctx.cache.get("pvc", namespace, name)
     if pvc is None:
         if status.get("phase") == "Failed":
@@ -56,17 +57,16 @@ def reconcile(ctx: Context, namespace: str, name: str) -> float | None:
         if pvc is None:
             assert problem is not None
             _pending(status, *problem)
-            return _finish(ctx, dv, before, status, flow.component,
-                           Event("Warning", problem[0], problem[1])) or 10.0
+            _finish(ctx, dv, before, status, flow.component, Event("Warning", problem[0], problem[1]))
+            return 10.0  # look again: the class/profile may appear, or the cache catch up
     elif not _owned_by(pvc, dv):
         message = f'Resource "{name}" already exists and is not managed by DataVolume'
         _pending(status, "ErrResourceExists", message)
-        return _finish(ctx, dv, before, status, flow.component, Event("Warning", "ErrResourceExists", message))
+        _finish(ctx, dv, before, status, flow.component, Event("Warning", "ErrResourceExists", message))
+        return None
     event = _status_from_claim(ctx, dv, pvc, status, flow)
-    again = _finish(ctx, dv, before, status, flow.component, event)
-    if status.get("phase") == "ImportInProgress":
-        return ctx.poll_seconds
-    return again
+    _finish(ctx, dv, before, status, flow.component, event)
+    return ctx.poll_seconds if status.get("phase") == "ImportInProgress" else None
 
 
 def _pending(status: dict[str, Any], reason: str, message: str) -> None:
@@ -159,10 +159,10 @@ def _read_progress(ctx: Context, dv: dict[str, Any], pvc: dict[str, Any], status
 
 
 def _finish(ctx: Context, dv: dict[str, Any], before: dict[str, Any], status: dict[str, Any], component: str,
-            event: Event | None) -> float | None:
+            event: Event | None) -> None:
     """Write the status if it changed; one event per phase change (and per new refusal)."""
     if status == before:
-        return None
+        return
     meta = dv["metadata"]
     ctx.kube.patch_status("dv", meta["namespace"], meta["name"], status)
     changed_phase = before.get("phase") != status.get("phase")
@@ -173,12 +173,9 @@ def _finish(ctx: Context, dv: dict[str, Any], before: dict[str, Any], status: di
         running = conditions.find(status["conditions"], conditions.RUNNING) or {}
         if running.get("status") == "False" and running.get("reason") == "Error" and running.get("message"):
             ctx.kube.event(dv, "DataVolume", "Warning", "Error", running["message"], component)
-    return None
 
 
 def _running_message(status: dict[str, Any]) -> tuple[str, str]:
     running = conditions.find(status.get("conditions") or [], conditions.RUNNING) or {}
     return str(running.get("reason", "")), str(running.get("message", ""))
 
-
-__all__ = ["reconcile", "UnsupportedFlow"]
