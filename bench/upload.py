@@ -1,0 +1,241 @@
+"""Upload throughput: curl through our proxy and upload server into a volume file, against curl
+to a plain TLS sink that only reads and discards, side by side in one run.
+
+The file is sparse-ish but every byte goes on the wire: half random 64 KiB extents, half zeros
+(holes in the source file, holes again in the volume). Both sides are ``curl -T`` of the same
+file over TLS on loopback:
+
+- sink:   curl -> a tiny aiohttp HTTPS server that reads the body and throws it away;
+- upload: curl -> ``python -m uploadproxy.proxy`` (token check, mTLS) ->
+          ``python -m uploadproxy.server`` -> the import pipeline -> ``disk.img``.
+
+The upload uses the async path, answered once every byte was received and written (the fsync
+of the commit follows; its time is printed separately as "committed"). Prints MB/s, the ratio
+(upload / sink; the goal is >= 0.8) and the peak RSS of the proxy and the server processes (from
+``wait4``). Machines are noisy: compare the ratio of one run, not absolute numbers.
+
+    .venv/bin/python bench/upload.py [--size-mib 4096] [--repeat 1] [--verify] [--client]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.servers.pki import make_ca  # noqa: E402
+from tests.servers.ports import free_port, wait_listening  # noqa: E402
+from uploadproxy import tokens  # noqa: E402
+from uploadproxy.settings import PROXY_CLIENT_NAME  # noqa: E402
+
+MiB = 1 << 20
+
+
+def make_file(path: Path, size: int) -> None:
+    """Half data in 64 KiB extents at random places, half holes (zeros on the wire)."""
+    rng = random.Random(1)
+    extent = 64 * 1024
+    slots = size // extent
+    chosen = sorted(rng.sample(range(slots), slots // 2))
+    block = os.urandom(extent * 16)
+    with open(path, "wb") as out:
+        out.truncate(size)
+        for i, slot in enumerate(chosen):
+            start = (i * extent) % (len(block) - extent)
+            out.seek(slot * extent)
+            out.write(block[start:start + extent])
+
+
+def run_sink(port: int, cert: str, key: str) -> None:
+    """The baseline server: read every byte of the body, keep none."""
+    from aiohttp import web
+
+    from uploadproxy.tls import server_context
+
+    async def discard(request: web.Request) -> web.Response:
+        total = 0
+        async for data in request.content.iter_any():
+            total += len(data)
+        return web.Response(text=str(total))
+
+    app = web.Application(client_max_size=1 << 62, handler_args={"read_bufsize": MiB})
+    app.router.add_route("*", "/{tail:.*}", discard)
+    web.run_app(app, host="127.0.0.1", port=port, ssl_context=server_context(Path(cert), Path(key)),
+                access_log=None, print=None)
+
+
+class Pki:
+    def __init__(self, directory: Path) -> None:
+        ca = make_ca(directory / "ca")
+        self.ca = ca.cert
+        self.server = ca.issue(directory / "server", "upload-server")
+        self.proxy = ca.issue(directory / "proxy", "upload-proxy")
+        self.client = ca.issue(directory / "client", PROXY_CLIENT_NAME, client=True)
+        self.key = tokens.generate_key()
+
+
+def curl(url: str, file: Path, ca: Path, *headers: str) -> float:
+    args = ["curl", "-sS", "-f", "-o", "/dev/null", "--cacert", str(ca), "-X", "POST", "-T", str(file)]
+    for header in headers:
+        args += ["-H", header]
+    started = time.perf_counter()
+    subprocess.run([*args, url], check=True)
+    return time.perf_counter() - started
+
+
+def wait_rss(process: subprocess.Popen[bytes], timeout: float = 600) -> tuple[int, float]:
+    """Exit status and peak RSS (MiB) of a child, once it exited."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+        if pid:
+            process.returncode = os.waitstatus_to_exitcode(status)
+            return process.returncode, usage.ru_maxrss / 1024
+        time.sleep(0.05)
+    process.kill()
+    raise TimeoutError(f"process {process.args} did not exit")
+
+
+def sha256(path: Path, length: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        while length > 0 and (block := file.read(min(length, 8 * MiB))):
+            digest.update(block)
+            length -= len(block)
+    return digest.hexdigest()
+
+
+class Bench:
+    def __init__(self, work: Path, pki: Pki) -> None:
+        self.work, self.pki = work, pki
+        self.server_port = free_port()
+
+    def start_proxy(self) -> tuple[subprocess.Popen[bytes], int]:
+        port = free_port()
+        env = {**os.environ, "APISERVER_PUBLIC_KEY": tokens.public_key_pem(self.pki.key).decode(),
+               "TLS_CERT_FILE": str(self.pki.proxy.cert), "TLS_KEY_FILE": str(self.pki.proxy.key),
+               "CLIENT_CERT_FILE": str(self.pki.client.cert), "CLIENT_KEY_FILE": str(self.pki.client.key),
+               "SERVER_CA_FILE": str(self.pki.ca), "UPLOADPROXY_ADDRESS": "127.0.0.1", "UPLOADPROXY_PORT": str(port),
+               "UPLOAD_SERVERS": f"bench/disk=https://127.0.0.1:{self.server_port}"}
+        process = subprocess.Popen([sys.executable, "-m", "uploadproxy.proxy"], cwd=ROOT, env=env,
+                                   stderr=open(self.work / "proxy.log", "ab"))
+        wait_listening(port)
+        return process, port
+
+    def start_server(self, volume: Path) -> subprocess.Popen[bytes]:
+        volume.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "TLS_CERT_FILE": str(self.pki.server.cert), "TLS_KEY_FILE": str(self.pki.server.key),
+               "CLIENT_CERT_FILE": str(self.pki.ca), "CLIENT_NAME": PROXY_CLIENT_NAME,
+               "DESTINATION": str(volume / "disk.img"), "UPLOAD_SERVER_ADDRESS": "127.0.0.1",
+               "UPLOAD_SERVER_PORT": str(self.server_port), "SCRATCH_DIR": str(self.work / "no-scratch"),
+               "TERMINATION_MESSAGE_PATH": str(self.work / "termination-log")}
+        process = subprocess.Popen([sys.executable, "-m", "uploadproxy.server"], cwd=ROOT, env=env,
+                                   stderr=open(self.work / "server.log", "ab"))
+        wait_listening(self.server_port)
+        return process
+
+    def start_sink(self) -> tuple[subprocess.Popen[bytes], int]:
+        port = free_port()
+        process = subprocess.Popen([sys.executable, __file__, "sink", str(port), str(self.pki.server.cert),
+                                    str(self.pki.server.key)], cwd=ROOT)
+        wait_listening(port)
+        return process, port
+
+
+def drop(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+    os.sync()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--size-mib", type=int, default=4096)
+    parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--verify", action="store_true", help="compare the volume with the file (slow)")
+    parser.add_argument("--client", action="store_true", help="also time the Python client library")
+    args = parser.parse_args()
+    size = args.size_mib * MiB
+    work = Path(tempfile.mkdtemp(prefix="cdi-bench-upload-", dir=os.environ.get("BENCH_DIR", "/var/tmp")))
+    try:
+        run(work, size, args)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def run(work: Path, size: int, args: argparse.Namespace) -> None:
+    print(f"generating a {size // MiB} MiB file in {work} ...", flush=True)
+    source = work / "disk.raw"
+    make_file(source, size)
+    bench = Bench(work, Pki(work / "pki"))
+    token = tokens.issue(bench.pki.key, "bench", "disk", lifetime=24 * 3600)
+    sink, sink_port = bench.start_sink()
+    proxy, proxy_port = bench.start_proxy()
+    sink_times, upload_times, committed_times, server_rss, client_times = [], [], [], [], []
+    try:
+        for attempt in range(args.repeat):
+            drop(work / "volume")
+            sink_times.append(curl(f"https://127.0.0.1:{sink_port}/sink", source, bench.pki.ca))
+            server = bench.start_server(work / "volume")
+            started = time.perf_counter()
+            upload_times.append(curl(f"https://127.0.0.1:{proxy_port}/v1beta1/upload-async", source,
+                                     bench.pki.ca, f"Authorization: Bearer {token}"))
+            status, rss = wait_rss(server)
+            committed_times.append(time.perf_counter() - started)
+            server_rss.append(rss)
+            assert status == 0, f"the upload server exited with {status}"
+            if args.verify and attempt == 0:
+                assert sha256(work / "volume" / "disk.img", size) == sha256(source, size), "volume differs"
+                print("verified: the volume holds the file", flush=True)
+            if args.client:
+                client_times.append(time_client(bench, work, proxy_port, token, source))
+    finally:
+        sink.terminate()
+        sink.wait(10)
+        proxy.terminate()
+        _, proxy_rss = wait_rss(proxy)
+    report(size, sink_times, upload_times, committed_times, client_times, proxy_rss, max(server_rss, default=0))
+
+
+def time_client(bench: Bench, work: Path, proxy_port: int, token: str, source: Path) -> float:
+    from uploadproxy.client import upload
+
+    drop(work / "volume")
+    server = bench.start_server(work / "volume")
+    started = time.perf_counter()
+    upload(f"https://127.0.0.1:{proxy_port}", token, source, ca=bench.pki.ca)
+    elapsed = time.perf_counter() - started
+    wait_rss(server)
+    return elapsed
+
+
+def report(size: int, sink: list[float], upload: list[float], committed: list[float], client: list[float],
+           proxy_rss: float, server_rss: float) -> None:
+    def mbs(times: list[float]) -> float:
+        return size / statistics.median(times) / 1e6
+
+    print(f"{'path':44} {'MB/s':>8}")
+    print(f"{'curl -T -> TLS sink (aiohttp, discard)':44} {mbs(sink):8.0f}")
+    print(f"{'curl -T -> proxy -> upload server (async)':44} {mbs(upload):8.0f}")
+    print(f"{'  ... until committed (fsync, exit)':44} {mbs(committed):8.0f}")
+    if client:
+        print(f"{'uploadproxy.client (resumable) -> proxy':44} {mbs(client):8.0f}")
+    print(f"ratio upload/sink: {mbs(upload) / mbs(sink):.2f} (goal >= 0.8)")
+    print(f"peak RSS: proxy {proxy_rss:.0f} MiB, upload server {server_rss:.0f} MiB", flush=True)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "sink":
+        run_sink(int(sys.argv[2]), sys.argv[3], sys.argv[4])
+    else:
+        main()
