@@ -1,7 +1,9 @@
-"""The ``cdi`` command: ``cdi import SOURCE TARGET`` with a progress bar, ``cdi blank``.
+"""The ``cdi`` command: ``cdi import SOURCE TARGET`` with a progress bar, ``cdi blank``,
+``cdi image-upload`` (virtctl's, see :mod:`cdi.imageupload.command`).
 
 Exit codes: 0 success, 1 a temporary failure (retrying later may work), 2 a permanent one
-(bad input: fix the command or the image), 3 a scratch directory is needed.
+(bad input: fix the command or the image), 3 the command line must change (a scratch
+directory is needed; any usage error of ``image-upload``).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from importer.pipeline import ImportResult
 from importer.progress import ProgressEvent
 from importer.quantity import parse_quantity
 
+from .imageupload import command as image_upload
 from .library import create_blank, import_image
 
 
@@ -90,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     blank.add_argument("--size", type=_size, required=True)
     blank.add_argument("--preallocate", action="store_true")
     blank.add_argument("--json", action="store_true")
+
+    image_upload.add_parser(commands)
     return parser
 
 
@@ -107,10 +112,23 @@ def _report(result: ImportResult, as_json: bool) -> None:
         print(f"label {key}={value}")
 
 
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    """argparse's usage errors exit 2; ``image-upload``'s exit 3, as its other usage errors do."""
+    words = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return build_parser().parse_args(words)
+    except SystemExit as leaving:
+        if leaving.code == 2 and image_upload.wants_image_upload(words):
+            raise SystemExit(image_upload.USAGE_EXIT) from None
+        raise
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = _parse(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    if args.command == "image-upload":
+        return image_upload.main(args)
     try:
         if args.command == "blank":
             result = create_blank(args.target, args.size, preallocate=args.preallocate)

@@ -35,12 +35,12 @@ def test_importer_does_not_import_its_users() -> None:
 
 
 def test_mypy_strict() -> None:
-    proc = subprocess.run([sys.executable, "-m", "mypy", "cdi", "importer", "kubeenv"], cwd=ROOT,
+    proc = subprocess.run([sys.executable, "-m", "mypy", "cdi", "importer", "kubeenv", "uploadproxy"], cwd=ROOT,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 def test_no_unused_or_undefined_names() -> None:
     proc = subprocess.run([sys.executable, "-m", "ruff", "check", "--select", "F,E9", "--line-length", "120",
-                           "cdi", "importer", "kubeenv", "tests", "bench"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+                           "cdi", "importer", "kubeenv", "uploadproxy", "tests", "bench"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr

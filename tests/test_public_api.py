@@ -9,6 +9,7 @@ def test_exported_members() -> None:
         "CdiImportError", "TemporaryError", "PermanentError", "SourceUnavailable", "SourceNotFound",
         "AuthenticationFailed", "InvalidSource", "InvalidImage", "UnsafeImage", "ImageTooLarge",
         "ChecksumMismatch", "ScratchSpaceRequired",
+        "upload_image", "ImageUploadResult", "ImageUploadError",
     ])
     for name in cdi.__all__:
         assert hasattr(cdi, name), name

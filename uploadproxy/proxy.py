@@ -127,7 +127,7 @@ class UploadProxy:
             return text_response(refused.status, str(refused))
         assert self.session is not None
         try:
-            return await relay(request, self.session, found.url + path, extra)
+            return await relay(request, self.session, found.url + path, extra, found.server_name)
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as error:
             log.error("proxying to %s failed: %s", found.url, error)
             return text_response(500, f"error proxying the upload: {error}")
@@ -152,10 +152,25 @@ async def _healthz(request: web.Request) -> web.Response:
     return web.Response(text="OK")
 
 
+def resolver_for(settings: ProxySettings) -> Resolver:
+    """The static table when one is given, else the cluster."""
+    if settings.upload_servers:
+        return StaticResolver.parse(settings.upload_servers)
+    from kubernetes import client, config
+
+    from .kuberesolver import KubeResolver
+
+    configuration = client.Configuration()
+    if settings.kubeconfig:
+        config.load_kube_config(config_file=str(settings.kubeconfig), client_configuration=configuration)
+    else:
+        config.load_incluster_config(client_configuration=configuration)
+    return KubeResolver(client.ApiClient(configuration), mode=settings.upstream)
+
+
 def from_settings(settings: ProxySettings) -> UploadProxy:
     upstream = client_context(settings.server_ca, settings.client_cert, settings.client_key)
-    return UploadProxy(tokens.load_public_key(settings.public_key_pem),
-                       StaticResolver.parse(settings.upload_servers), upstream)
+    return UploadProxy(tokens.load_public_key(settings.public_key_pem), resolver_for(settings), upstream)
 
 
 async def serve(settings: ProxySettings) -> None:

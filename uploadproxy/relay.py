@@ -35,11 +35,12 @@ def upstream_headers(request: web.Request, extra: Mapping[str, str]) -> dict[str
 
 
 async def relay(request: web.Request, session: aiohttp.ClientSession, url: str,
-                extra_headers: Mapping[str, str]) -> web.StreamResponse:
+                extra_headers: Mapping[str, str], server_name: str | None = None) -> web.StreamResponse:
     data = request.content if request.body_exists else None
     headers = upstream_headers(request, extra_headers)
     async with session.request(request.method, url, data=data, headers=headers, timeout=TIMEOUT,
-                               auto_decompress=False, allow_redirects=False) as upstream:
+                               auto_decompress=False, allow_redirects=False,
+                               server_hostname=server_name) as upstream:
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
         for name in RESPONSE_HEADERS:
             if name in upstream.headers:

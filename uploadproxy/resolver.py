@@ -3,13 +3,13 @@
 In a cluster the answer is the Service ``cdi-upload-<pvc>.<namespace>.svc:8443`` once the PVC
 says its upload pod is ready (``cdi.kubevirt.io/storage.pod.ready=true``, not yet Succeeded;
 CDI waits up to 10 s for that), with the volume's content type from
-``cdi.kubevirt.io/storage.contentType``. That resolver belongs to the controller side and is
-written there; the proxy only needs :class:`Resolver`. :class:`StaticResolver` serves tests,
-benchmarks and single-host setups.
+``cdi.kubevirt.io/storage.contentType``: :class:`~uploadproxy.kuberesolver.KubeResolver`.
+:class:`StaticResolver` serves tests, benchmarks and single-host setups.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Mapping, Protocol
 
@@ -20,6 +20,9 @@ class Ready:
     """Base URL of the upload server, e.g. ``https://cdi-upload-disk.ns.svc:8443``."""
     content_type: str = "kubevirt"
     """``kubevirt`` (a disk image) or ``archive`` (a tar unpacked into the volume)."""
+    server_name: str | None = None
+    """The name the server's certificate must carry when ``url`` names an address instead
+    (the proxy dialling a pod IP outside the cluster's DNS)."""
 
 
 @dataclass(frozen=True)
@@ -34,9 +37,23 @@ class Resolver(Protocol):
         ...
 
 
+def service_name(pvc: str) -> str:
+    """``cdi-upload-<pvc>``, shortened with a hash suffix to stay a DNS label (the controller
+    names the upload pod and its Service with this too)."""
+    name = f"cdi-upload-{pvc}"
+    if len(name) <= 63:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    return f"{name[:54].rstrip('-.')}-{digest}"
+
+
+def service_host(namespace: str, pvc: str) -> str:
+    return f"{service_name(pvc)}.{namespace}.svc"
+
+
 def service_url(namespace: str, pvc: str, port: int = 8443) -> str:
     """CDI's upload Service for a PVC."""
-    return f"https://cdi-upload-{pvc}.{namespace}.svc:{port}"
+    return f"https://{service_host(namespace, pvc)}:{port}"
 
 
 class StaticResolver:

@@ -115,7 +115,10 @@ class ProxySettings:
     ``CLIENT_CERT_FILE``/``CLIENT_KEY_FILE`` (the certificate it shows upload servers);
     ``SERVER_CA_FILE`` (the CA that signs upload servers); ``UPLOADPROXY_ADDRESS``/
     ``UPLOADPROXY_PORT`` (0.0.0.0:8443); ``UPLOAD_SERVERS`` (a static table for
-    :class:`~uploadproxy.resolver.StaticResolver`, ``ns/pvc=https://host:port[#archive]``)."""
+    :class:`~uploadproxy.resolver.StaticResolver`, ``ns/pvc=https://host:port[#archive]``);
+    without it the cluster is asked (:class:`~uploadproxy.kuberesolver.KubeResolver`) through
+    ``KUBECONFIG`` or the in-cluster config, dialling Services (``UPLOADPROXY_UPSTREAM=dns``) or
+    their endpoints (``endpoints``, for a proxy outside the cluster network)."""
 
     public_key_pem: bytes
     tls_cert: Path | None = None
@@ -126,6 +129,8 @@ class ProxySettings:
     address: str = "0.0.0.0"
     port: int = 8443
     upload_servers: str = ""
+    kubeconfig: Path | None = None
+    upstream: str = "dns"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "ProxySettings":
@@ -143,4 +148,6 @@ class ProxySettings:
             address=env.get("UPLOADPROXY_ADDRESS", "0.0.0.0"),
             port=int(env.get("UPLOADPROXY_PORT", "8443")),
             upload_servers=env.get("UPLOAD_SERVERS", ""),
+            kubeconfig=_path(env.get("KUBECONFIG")),
+            upstream=env.get("UPLOADPROXY_UPSTREAM", "dns"),
         )

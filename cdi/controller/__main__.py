@@ -3,7 +3,11 @@
 Configuration is read here, once: the kubeconfig (``--kubeconfig``, else ``$KUBECONFIG``, else
 in-cluster), ``IMPORTER_IMAGE``/``IMPORTER_PULL_POLICY`` for worker pods,
 ``IMPORTER_EXTRA_ENV`` (``K=V,K=V``, passed to every importer), ``IMPORT_MAX_ATTEMPTS`` (failed
-importer runs after which even a temporary error fails the DataVolume), ``WORKERS``.
+importer runs after which even a temporary error fails the DataVolume), ``WORKERS``; for upload
+servers ``UPLOADSERVER_IMAGE``/``UPLOADSERVER_PULL_POLICY``, ``UPLOADSERVER_CA_CERT_FILE`` and
+``UPLOADSERVER_CA_KEY_FILE`` (the signer of their serving certificates, which the proxy trusts),
+``UPLOADPROXY_CLIENT_CA_FILE`` (the CA of the proxy's client certificate), ``UPLOADPROXY_URL``
+(published as CDIConfig ``status.uploadProxyURL``) and ``UPLOADSERVER_EXTRA_ENV``.
 """
 
 from __future__ import annotations
@@ -13,19 +17,37 @@ import asyncio
 import logging
 import os
 import signal
+from pathlib import Path
 
 from kubernetes import client, config
 
 from .cache import ObjectCache
+from .certs import CertificatePem
 from .context import Context
 from .importer_pod import ImporterSettings
 from .kube import Kube
 from .operator import Controller, connection_from
+from .upload_pod import UploadSettings
 
 
 def _parse_env_list(text: str) -> dict[str, str]:
     pairs = (item.split("=", 1) for item in text.split(",") if "=" in item)
     return {k.strip(): v.strip() for k, v in pairs}
+
+
+def upload_settings(env: dict[str, str] | os._Environ[str]) -> UploadSettings:
+    """Upload servers need the signer's cert and key and the proxy's client CA, all or none."""
+    names = ("UPLOADSERVER_CA_CERT_FILE", "UPLOADSERVER_CA_KEY_FILE", "UPLOADPROXY_CLIENT_CA_FILE")
+    given = [n for n in names if env.get(n)]
+    if given and len(given) != len(names):
+        raise SystemExit(f"upload servers need all of {', '.join(names)}; only {', '.join(given)} given")
+    ca = CertificatePem(Path(env[names[0]]).read_bytes(), Path(env[names[1]]).read_bytes()) if given else None
+    return UploadSettings(
+        image=env.get("UPLOADSERVER_IMAGE", UploadSettings.image),
+        pull_policy=env.get("UPLOADSERVER_PULL_POLICY", UploadSettings.pull_policy),
+        server_ca=ca, client_ca_pem=Path(env[names[2]]).read_bytes() if given else b"",
+        proxy_url=env.get("UPLOADPROXY_URL", ""),
+        extra_env=_parse_env_list(env.get("UPLOADSERVER_EXTRA_ENV", "")))
 
 
 def load_configuration(kubeconfig: str | None) -> client.Configuration:
@@ -59,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         pull_policy=os.environ.get("IMPORTER_PULL_POLICY", ImporterSettings.pull_policy),
         extra_env=_parse_env_list(os.environ.get("IMPORTER_EXTRA_ENV", "")))
     ctx = Context(cache=cache, kube=Kube(client.ApiClient(configuration), cache), importer=importer,
+                  upload=upload_settings(os.environ),
                   max_attempts=int(os.environ.get("IMPORT_MAX_ATTEMPTS", "3")))
     controller = Controller(ctx, workers=args.workers)
 

@@ -31,6 +31,7 @@ FATAL_ERROR = f"{STORAGE}.import.fatalError"
 PREALLOCATION_REQUESTED = f"{STORAGE}.preallocation.requested"
 PREALLOCATION_APPLIED = f"{STORAGE}.preallocation"
 UPLOAD_TARGET = f"{STORAGE}.upload.target"
+UPLOAD_POD_NAME = f"{STORAGE}.uploadPodName"
 
 # -- the worker pod, mirrored onto the PVC -----------------------------------------------------
 POD_PHASE = f"{STORAGE}.pod.phase"
@@ -45,7 +46,7 @@ BOUND_CONDITION_MESSAGE = f"{STORAGE}.condition.bound.message"
 BOUND_CONDITION_REASON = f"{STORAGE}.condition.bound.reason"
 
 # -- set by users on a DataVolume (and copied to the PVC) -------------------------------------
-BIND_IMMEDIATE = f"{STORAGE}.bind.immediate.requested"
+BIND_IMMEDIATE = f"{STORAGE}.bind.immediate.requested"  # present means requested, whatever its value (virtctl sets "")
 RETAIN_AFTER_COMPLETION = f"{STORAGE}.pod.retainAfterCompletion"
 POD_PRIORITY_CLASS = f"{STORAGE}.pod.priorityclassname"
 POD_SERVICE_ACCOUNT = f"{STORAGE}.pod.serviceAccountName"

@@ -97,8 +97,11 @@ def resolve_config(cdiconfig: dict[str, Any] | None, storage_classes: list[dict[
     )
 
 
-def config_status(config: ControllerConfig) -> dict[str, Any]:
+def config_status(config: ControllerConfig, default_upload_proxy_url: str = "") -> dict[str, Any]:
     """The ``CDIConfig.status`` JSON, field for field as CDI's config controller writes it.
+
+    ``uploadProxyURL`` is the spec's override, else where this installation exposes its upload
+    proxy (CDI reads it from the proxy's Ingress or Route; we are told at start-up).
 
     Unset optional fields are omitted (Go's ``omitempty``); ``importProxy`` is always present,
     with empty strings when no proxy is configured, because CDI's importer env code expects it.
@@ -112,8 +115,8 @@ def config_status(config: ControllerConfig) -> dict[str, Any]:
     }
     if config.scratch_storage_class:
         status["scratchSpaceStorageClass"] = config.scratch_storage_class
-    if config.upload_proxy_url:
-        status["uploadProxyURL"] = config.upload_proxy_url
+    if config.upload_proxy_url or default_upload_proxy_url:
+        status["uploadProxyURL"] = config.upload_proxy_url or default_upload_proxy_url
     if config.image_pull_secrets:
         status["imagePullSecrets"] = copy.deepcopy(config.image_pull_secrets)
     return status

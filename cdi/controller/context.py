@@ -9,6 +9,7 @@ from .cache import ObjectCache
 from .config import ControllerConfig, resolve_config
 from .importer_pod import ImporterSettings
 from .kube import Kube
+from .upload_pod import UploadSettings
 
 CONFIG_NAME = "config"
 """CDI's singleton CDIConfig."""
@@ -19,6 +20,7 @@ class Context:
     cache: ObjectCache
     kube: Kube
     importer: ImporterSettings = field(default_factory=ImporterSettings)
+    upload: UploadSettings = field(default_factory=UploadSettings)
     max_attempts: int = 3
     """Failed importer runs of one import after which a *temporary* error fails the DataVolume
     too (CDI retries forever; a permanent error fails it after the first)."""

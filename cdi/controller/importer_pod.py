@@ -9,6 +9,7 @@ with back-off, and the termination message carries the result.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +32,13 @@ NEEDS_SCRATCH = (".vmdk.gz", ".vmdk.xz", ".vmdk.zst", ".vhd.gz", ".vhd.xz", ".vh
 """Endpoints whose name says the importer will need a scratch file: compressed formats qemu-img
 must convert from a seekable file. Everything else streams; if the importer finds otherwise
 after all, it says so (``scratchSpaceRequired``) and the pod is recreated with scratch."""
+
+
+WORKER_UID = 107
+CONTAINER_SECURITY: dict[str, Any] = {
+    "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}, "runAsNonRoot": True,
+    "runAsUser": WORKER_UID, "seccompProfile": {"type": "RuntimeDefault"}}
+"""Worker containers (importer, upload server) run under the restricted Pod Security profile."""
 
 
 @dataclass(frozen=True)
@@ -161,14 +169,12 @@ def render(pvc: dict[str, Any], *, owner_uid: str, config: ControllerConfig, set
         "resources": config.pod_resources,
         "terminationMessagePath": "/dev/termination-log",
         "terminationMessagePolicy": "FallbackToLogsOnError",
-        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
-                            "runAsNonRoot": True, "runAsUser": 107,
-                            "seccompProfile": {"type": "RuntimeDefault"}},
+        "securityContext": copy.deepcopy(CONTAINER_SECURITY),
         **mounts,
     }
     spec: dict[str, Any] = {
         "restartPolicy": "OnFailure", "enableServiceLinks": False, "containers": [container],
-        "volumes": volumes, "securityContext": {"fsGroup": 107},
+        "volumes": volumes, "securityContext": {"fsGroup": WORKER_UID},
     }
     if annotations.get(ann.POD_PRIORITY_CLASS):
         spec["priorityClassName"] = annotations[ann.POD_PRIORITY_CLASS]

@@ -65,6 +65,11 @@ class Kube:
                 resp = self.core.create_namespaced_persistent_volume_claim(ns, body, _preload_content=False)
             elif kind == "pod":
                 resp = self.core.create_namespaced_pod(ns, body, _preload_content=False)
+            elif kind == "service":
+                resp = self.core.create_namespaced_service(ns, body, _preload_content=False)
+            elif kind == "secret":  # never cached: the controller keeps no key material around
+                self.core.create_namespaced_secret(ns, body, _preload_content=False)
+                return {"metadata": dict(body["metadata"])}
             elif kind in CLUSTER_SCOPED:
                 resp = self.custom.create_cluster_custom_object(GROUP, VERSION, CDI_PLURALS[kind], body,
                                                                 _preload_content=False)
@@ -127,6 +132,8 @@ class Kube:
             elif kind == "pvc":
                 self.core.delete_namespaced_persistent_volume_claim(name, namespace, body=body,
                                                                     _preload_content=False)
+            elif kind == "service":
+                self.core.delete_namespaced_service(name, namespace, body=body, _preload_content=False)
             else:
                 raise ValueError(f"cannot delete {kind}")
         except ApiException as error:

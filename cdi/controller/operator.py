@@ -20,7 +20,8 @@ import kopf
 from kubernetes import client
 
 from . import annotations as ann
-from . import datavolume, profiles, pvc_import
+from . import datavolume, profiles, pvc_import, pvc_upload
+from . import upload_pod
 from .context import CONFIG_NAME, Context
 from .workqueue import WorkQueue
 
@@ -30,6 +31,7 @@ Reconciler = Callable[[Context, str, str], "float | None"]
 RECONCILERS: dict[str, Reconciler] = {
     "dv": datavolume.reconcile,
     "pvc": pvc_import.reconcile,
+    "upload": pvc_upload.reconcile,
     "storageclass": profiles.reconcile_profile,
     "cdiconfig": profiles.reconcile_config,
 }
@@ -72,14 +74,18 @@ class Controller:
         namespace, name = _meta(body)
         if pvc_import.is_import_claim(body):
             self.queue.add(("pvc", namespace, name))
+        if pvc_upload.is_upload_claim(body):
+            self.queue.add(("upload", namespace, name))
         for owner in _owners(body, "DataVolume"):
             self.queue.add(("dv", namespace, owner))
 
     def on_pod(self, event: dict[str, Any]) -> None:
         body = self._observe("pod", event)
         namespace, _ = _meta(body)
+        worker = "upload" if (body.get("metadata") or {}).get("labels", {}).get(ann.COMPONENT_LABEL) == \
+            upload_pod.COMPONENT else "pvc"
         for owner in _owners(body, "PersistentVolumeClaim"):
-            self.queue.add(("pvc", namespace, owner))
+            self.queue.add((worker, namespace, owner))
 
     def on_storage_class(self, event: dict[str, Any]) -> None:
         body = self._observe("storageclass", event)

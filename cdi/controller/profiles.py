@@ -42,7 +42,7 @@ def reconcile_config(ctx: Context, _namespace: str, name: str) -> float | None:
         current = ctx.kube.create("cdiconfig", body)
         if current is None:
             return 1.0
-    status = config_status(ctx.config())
+    status = config_status(ctx.config(), default_upload_proxy_url=ctx.upload.proxy_url)
     if current.get("status") != status:  # CDIConfig has no status subresource, as in CDI
         ctx.kube.patch("cdiconfig", "", CONFIG_NAME, {"status": status})
     return None

@@ -39,7 +39,7 @@ def can_start(pvc: dict[str, Any]) -> bool:
     """Bound, or the importer itself is to be the first consumer of a WaitForFirstConsumer claim."""
     annotations = pvc["metadata"].get("annotations") or {}
     phase = (pvc.get("status") or {}).get("phase")
-    return phase == "Bound" or (phase == "Pending" and (annotations.get(ann.BIND_IMMEDIATE) == "true"
+    return phase == "Bound" or (phase == "Pending" and (ann.BIND_IMMEDIATE in annotations
                                                         or ann.SELECTED_NODE in annotations))
 
 

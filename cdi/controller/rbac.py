@@ -6,12 +6,16 @@ and that a table of things the controller must never do is refused.
 
 Decisions, so that nobody re-adds what was left out on purpose:
 
-* **No Secrets at all.** Importer pods get credentials through ``secretKeyRef`` and secret
-  volumes; creating a pod that references a Secret needs no permission on that Secret (the
-  kubelet fetches it with the node's identity, which the Node authorizer allows for pods bound to
-  it). Unlike ServiceAccount token rules there is no creator check. The flip side is Kubernetes'
-  known caveat: whoever may create pods in a namespace can read its Secrets through a pod, so
-  ``pods: create`` is the controller's most powerful grant and is why nothing else is added to it.
+* **Secrets: create only, never read.** Importer pods get credentials through ``secretKeyRef``
+  and secret volumes; creating a pod that references a Secret needs no permission on that Secret
+  (the kubelet fetches it with the node's identity, which the Node authorizer allows for pods
+  bound to it). Unlike ServiceAccount token rules there is no creator check. The one Secret the
+  controller writes is each upload pod's TLS material (server key and certificate), created once
+  with an owner reference to the PVC so the garbage collector removes it with the volume: hence
+  ``create`` and nothing else (no get/list/watch, no update, no delete). The flip side is
+  Kubernetes' known caveat: whoever may create pods in a namespace can read its Secrets through a
+  pod, so ``pods: create`` is the controller's most powerful grant and is why nothing else is
+  added to it.
 * **No PersistentVolumes.** The annotation (legacy) import flow only reads its PVC's
   ``status.phase``; binding mode comes from the StorageClass. The populator flow (PV rebinding)
   is not implemented; it would need ``persistentvolumes: get, patch``.
@@ -73,6 +77,8 @@ RULES: tuple[PolicyRule, ...] = (
     PolicyRule(apiGroups=[CORE], resources=["configmaps"], verbs=[*READ, "create", "delete"]),
     # per-PVC upload server Services (cdi-upload-<pvc>)
     PolicyRule(apiGroups=[CORE], resources=["services"], verbs=[*READ, "create", "delete"]),
+    # each upload pod's TLS Secret, owned by its PVC (the garbage collector deletes it): written once, never read back
+    PolicyRule(apiGroups=[CORE], resources=["secrets"], verbs=["create"]),
     # default (virt) class, volumeBindingMode and provisioner; StorageProfiles follow StorageClasses
     PolicyRule(apiGroups=["storage.k8s.io"], resources=["storageclasses"], verbs=READ),
     # kopf's resource observer re-scans discovery when CRDs change (e.g. crds/ applied after the controller)

@@ -23,6 +23,7 @@ class LocalImage:
 
 IMAGES: dict[str, LocalImage] = {
     "cdi-py-importer": LocalImage([sys.executable, "-m", "importer"], {"PYTHONUNBUFFERED": "1"}),
+    "cdi-py-uploadserver": LocalImage([sys.executable, "-m", "uploadproxy.server"], {"PYTHONUNBUFFERED": "1"}),
 }
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"

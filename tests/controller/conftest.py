@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 import yaml
+from cryptography.hazmat.primitives.asymmetric import rsa
 from kubernetes import client
 
 from kubeenv.controlplane import ControlPlane
@@ -27,6 +28,9 @@ from tests.kube.fixtures import wait_for as poll
 from tests.servers.images import Image
 from tests.servers.nginx import Nginx, start_nginx
 from tests.servers.pki import TestCA
+from tests.servers.ports import free_port
+from tests.servers.uploadstack import ProxyProcess, UploadPki, make_upload_pki
+from uploadproxy import tokens
 
 ROOT = Path(__file__).resolve().parents[2]
 GROUP, VERSION = "cdi.kubevirt.io", "v1beta1"
@@ -65,13 +69,14 @@ def service_account_kubeconfig(plane: ControlPlane, core: client.CoreV1Api, path
 class ControllerProcess:
     """``python -m cdi.controller`` as a child process that a test may kill and restart."""
 
-    def __init__(self, kubeconfig: Path, log: Path) -> None:
+    def __init__(self, kubeconfig: Path, log: Path, env: dict[str, str] | None = None) -> None:
         self.kubeconfig = kubeconfig
         self.log_path = log
+        self.env = env or {}
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> ControllerProcess:
-        env = {**os.environ, **CONTROLLER_ENV, "PYTHONPATH": str(ROOT)}
+        env = {**os.environ, **CONTROLLER_ENV, **self.env, "PYTHONPATH": str(ROOT)}
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen([sys.executable, "-m", "cdi.controller", "--kubeconfig",
                                              str(self.kubeconfig), "--standalone", "-A"],
@@ -105,16 +110,45 @@ def installed(control_plane: ControlPlane) -> ControlPlane:
     return control_plane
 
 
+@pytest.fixture(scope="session")
+def upload_pki(session_dir: Path, test_ca: TestCA, node_agent: NodeAgent) -> UploadPki:
+    return make_upload_pki(session_dir / "upload-pki", test_ca, (node_agent.node_ip,))
+
+
+@pytest.fixture(scope="session")
+def proxy_port() -> int:
+    """Chosen before the controller starts: it publishes the proxy's URL in CDIConfig."""
+    return free_port()
+
+
 @pytest.fixture(scope="package")
-def controller(installed: ControlPlane, kube: client.ApiClient, node_agent: NodeAgent,
-               tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControllerProcess]:
+def controller(installed: ControlPlane, kube: client.ApiClient, node_agent: NodeAgent, upload_pki: UploadPki,
+               proxy_port: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControllerProcess]:
     """Stopped when this package's tests end: it is cluster-wide, and other tests (tests/kube)
     write DataVolume statuses by hand."""
     workdir = tmp_path_factory.mktemp("controller")
     kubeconfig = service_account_kubeconfig(installed, client.CoreV1Api(kube), workdir / "kubeconfig")
-    process = ControllerProcess(kubeconfig, workdir / "controller.log").start()
+    env = {**upload_pki.controller_env(), "UPLOADSERVER_IMAGE": "cdi-py-uploadserver",
+           "UPLOADPROXY_URL": f"https://127.0.0.1:{proxy_port}"}
+    process = ControllerProcess(kubeconfig, workdir / "controller.log", env).start()
     yield process
     process.stop()
+
+
+@pytest.fixture(scope="package")
+def token_key() -> rsa.RSAPrivateKey:
+    return tokens.generate_key()
+
+
+@pytest.fixture(scope="package")
+def upload_proxy(controller: ControllerProcess, installed: ControlPlane, upload_pki: UploadPki, proxy_port: int,
+                 token_key: rsa.RSAPrivateKey, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyProcess]:
+    """The upload proxy on the host, asking the cluster where each volume's upload server is."""
+    workdir = tmp_path_factory.mktemp("uploadproxy")
+    proxy = ProxyProcess(upload_pki, installed.kubeconfig, tokens.public_key_pem(token_key),
+                         workdir / "proxy.log", port=proxy_port).start()
+    yield proxy
+    proxy.stop()
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,5 @@
-"""The controller's deployment manifests and its least-privilege RBAC, against the real apiserver.
+"""The deployment manifests (controller and cdi-apiserver) and their least-privilege RBAC, against
+the real apiserver.
 
 Behaviours under test:
 
@@ -17,12 +18,18 @@ Behaviours under test:
 * SubjectAccessReviews as ``system:serviceaccount:cdi:cdi-py-controller`` (with the groups a
   ServiceAccount token carries): every verb in NEEDS is allowed in all namespaces, discovery is
   allowed, and every row of MUST_NOT is refused both cluster-wide and in the controller's own
-  namespace.
+  namespace;
+* cdi-apiserver's ServiceAccount may create SubjectAccessReviews and read the front-proxy ConfigMap
+  in kube-system, and nothing of APISERVER_MUST_NOT; its pod passes ``restricted`` too;
+* CDI's aggregated ClusterRoles end up inside the built-in ``admin``, ``edit`` and ``view`` roles.
 
-The test keeps the controller from actually running: a ResourceQuota of zero pods in ``cdi``
-stops the ReplicaSet (a node agent elsewhere in the session would otherwise start a controller
-that reconciles other tests' objects). At the end the Deployment and the quota are deleted; the
-namespace, ServiceAccount, RBAC and CDIConfig stay, as the CRDs do.
+The test keeps the controller and cdi-apiserver from actually running: a ResourceQuota of zero pods
+in ``cdi`` stops their ReplicaSets (a node agent elsewhere in the session would otherwise start a
+controller that reconciles other tests' objects). At the end the Deployments and the quota are
+deleted, and so is the APIService (it points at a server that never runs, and an unavailable
+APIService breaks discovery and namespace deletion for the rest of the session; one that existed
+before, e.g. a test harness's, is put back); the namespace, ServiceAccounts, RBAC and CDIConfig stay,
+as the CRDs do.
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ import yaml
 from kubernetes import client
 
 from cdi.api import crds
+from cdi.apiserver import manifests as apiserver_manifests
 from cdi.controller import manifests, rbac
 from kubeenv.controlplane import ControlPlane
 
@@ -66,6 +74,7 @@ NEEDS: list[tuple[str, str, str]] = [
     (CORE, "events", "create patch"),
     (CORE, "configmaps", "get list watch create delete"),
     (CORE, "services", "get list watch create delete"),
+    (CORE, "secrets", "create"),
     ("storage.k8s.io", "storageclasses", "get list watch"),
     ("apiextensions.k8s.io", "customresourcedefinitions", "list watch"),
 ]
@@ -75,7 +84,8 @@ MUST_NOT: list[tuple[str, str, str]] = [
     ("get", CORE, "secrets"),
     ("list", CORE, "secrets"),
     ("watch", CORE, "secrets"),
-    ("create", CORE, "secrets"),
+    ("update", CORE, "secrets"),  # upload pods' TLS Secrets are written once ...
+    ("delete", CORE, "secrets"),  # ... and go with their PVC by owner reference
     ("create", CORE, "pods/exec"),
     ("create", CORE, "pods/attach"),
     ("create", CORE, "pods/portforward"),
@@ -121,6 +131,27 @@ MUST_NOT: list[tuple[str, str, str]] = [
 ]
 
 
+APISERVER_USER = f"system:serviceaccount:{apiserver_manifests.NAMESPACE}:{apiserver_manifests.NAME}"
+APISERVER_GROUPS = ["system:serviceaccounts", f"system:serviceaccounts:{apiserver_manifests.NAMESPACE}",
+                    "system:authenticated"]
+# (verb, apiGroup, resource, namespace, name): what cdi-apiserver needs, and what it must not have
+APISERVER_NEEDS: list[tuple[str, str, str, str, str]] = [
+    ("create", "authorization.k8s.io", "subjectaccessreviews", "", ""),
+    ("get", CORE, "configmaps", "kube-system", "extension-apiserver-authentication"),
+]
+APISERVER_MUST_NOT: list[tuple[str, str, str, str, str]] = [
+    ("get", CORE, "secrets", apiserver_manifests.NAMESPACE, apiserver_manifests.SIGNING_SECRET),
+    ("list", CORE, "secrets", "", ""),
+    ("get", CORE, "configmaps", "kube-system", "kube-proxy"),
+    ("list", CORE, "configmaps", "kube-system", ""),
+    ("create", CORE, "pods", TENANT, ""),
+    ("get", CORE, "persistentvolumeclaims", TENANT, ""),
+    ("create", apiserver_manifests.discovery.GROUP, "uploadtokenrequests", TENANT, ""),
+    ("update", "apiregistration.k8s.io", "apiservices", "", apiserver_manifests.API_SERVICE),
+]
+DEPLOYMENTS = [manifests.NAME, apiserver_manifests.NAME]
+
+
 def kubectl(plane: ControlPlane, *args: str, check: bool = True,
             stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run([str(plane.kubectl), "--kubeconfig", str(plane.kubeconfig), *args],
@@ -134,13 +165,14 @@ def needs() -> set[tuple[str, str, str]]:
     return {(group, resource, verb) for group, resource, verbs in NEEDS for verb in verbs.split()}
 
 
-def allowed(kube: client.ApiClient, verb: str, group: str, resource: str, namespace: str) -> bool:
+def allowed(kube: client.ApiClient, verb: str, group: str, resource: str, namespace: str, *,
+            user: str = SA_USER, groups: list[str] = SA_GROUPS, object_name: str = "") -> bool:
     """A SubjectAccessReview for the controller's ServiceAccount (``namespace=""``: all namespaces)."""
     name, _, sub = resource.partition("/")
     attrs = client.V1ResourceAttributes(verb=verb, group=group, resource=name, subresource=sub or None,
-                                        namespace=namespace or None)
+                                        namespace=namespace or None, name=object_name or None)
     review = client.V1SubjectAccessReview(spec=client.V1SubjectAccessReviewSpec(
-        user=SA_USER, groups=SA_GROUPS, resource_attributes=attrs))
+        user=user, groups=groups, resource_attributes=attrs))
     result = client.AuthorizationV1Api(kube).create_subject_access_review(review)
     return bool(result.status.allowed)
 
@@ -202,12 +234,26 @@ def deployed(control_plane: ControlPlane) -> Iterator[subprocess.CompletedProces
     quota = {"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": QUOTA, "namespace": manifests.NAMESPACE},
              "spec": {"hard": {"pods": "0"}}}
     kubectl(control_plane, "apply", "-f", "-", stdin=json.dumps(quota))
+    before = kubectl(control_plane, "get", "apiservice", apiserver_manifests.API_SERVICE, "-o", "json",
+                     "--ignore-not-found").stdout
     applied = kubectl(control_plane, "apply", "-f", str(manifests.DEPLOY_DIR))
     yield applied
-    kubectl(control_plane, "delete", "deployment", manifests.NAME, "-n", manifests.NAMESPACE,
-            "--cascade=foreground", "--wait", "--timeout=60s", "--ignore-not-found", check=False)
+    restore_api_service(control_plane, before)
+    for name in DEPLOYMENTS:
+        kubectl(control_plane, "delete", "deployment", name, "-n", manifests.NAMESPACE,
+                "--cascade=foreground", "--wait", "--timeout=60s", "--ignore-not-found", check=False)
     kubectl(control_plane, "delete", "resourcequota", QUOTA, "-n", manifests.NAMESPACE, "--ignore-not-found",
             check=False)
+
+
+def restore_api_service(plane: ControlPlane, before: str) -> None:
+    """Remove deploy/'s APIService (its server never runs here) and put back one that was there before."""
+    kubectl(plane, "delete", "apiservice", apiserver_manifests.API_SERVICE, "--ignore-not-found", check=False)
+    if before.strip():
+        saved = json.loads(before)
+        saved.pop("status", None)
+        saved["metadata"] = {k: v for k, v in saved["metadata"].items() if k in ("name", "labels", "annotations")}
+        kubectl(plane, "create", "-f", "-", stdin=json.dumps(saved), check=False)
 
 
 def test_apply_creates_every_object_without_warnings(deployed: subprocess.CompletedProcess[str],
@@ -245,10 +291,11 @@ def test_deployment_as_stored(deployed: subprocess.CompletedProcess[str], kube: 
     assert sc.seccomp_profile.type == "RuntimeDefault"
 
 
+@pytest.mark.parametrize("name", DEPLOYMENTS)
 def test_pod_passes_enforced_restricted_pod_security(deployed: subprocess.CompletedProcess[str],
-                                                     kube: client.ApiClient) -> None:
+                                                     kube: client.ApiClient, name: str) -> None:
     apps = client.AppsV1Api(kube)
-    selector = "app.kubernetes.io/name=cdi-py-controller"
+    selector = f"app.kubernetes.io/name={name}"
     deadline, message = time.monotonic() + 60, ""
     while time.monotonic() < deadline:
         for rs in apps.list_namespaced_replica_set(manifests.NAMESPACE, label_selector=selector).items:
@@ -296,3 +343,64 @@ def test_controller_may_not(deployed: subprocess.CompletedProcess[str], kube: cl
                             verb: str, group: str, resource: str) -> None:
     allowed_in = [ns or "*" for ns in ("", manifests.NAMESPACE) if allowed(kube, verb, group, resource, ns)]
     assert allowed_in == []
+
+
+# -- cdi-apiserver -----------------------------------------------------------------------------------
+
+
+def test_apiserver_deployment_as_stored(deployed: subprocess.CompletedProcess[str], kube: client.ApiClient) -> None:
+    dep = client.AppsV1Api(kube).read_namespaced_deployment(apiserver_manifests.NAME, apiserver_manifests.NAMESPACE)
+    pod = dep.spec.template.spec
+    assert pod.service_account_name == "cdi-apiserver"
+    (container,) = pod.containers
+    assert container.command == ["python", "-m", "cdi.apiserver"]
+    env = {e.name: e.value for e in container.env}
+    assert env["APISERVER_PRIVATE_KEY_FILE"] == "/var/run/cdi/token/keys/id_rsa"
+    assert container.readiness_probe.http_get.scheme == "HTTPS"
+    secrets = {v.secret.secret_name for v in pod.volumes if v.secret}
+    assert secrets == {"cdi-apiserver-server-cert", "cdi-api-signing-key"}
+    svc = client.CoreV1Api(kube).read_namespaced_service("cdi-api", apiserver_manifests.NAMESPACE)
+    assert [(p.port, p.target_port) for p in svc.spec.ports] == [(443, "https")]
+
+
+def test_api_service_points_at_the_service(deployed: subprocess.CompletedProcess[str],
+                                           control_plane: ControlPlane) -> None:
+    stored = json.loads(kubectl(control_plane, "get", "apiservice", apiserver_manifests.API_SERVICE,
+                                "-o", "json").stdout)
+    assert stored["spec"]["service"] == {"namespace": "cdi", "name": "cdi-api", "port": 443}
+    assert "caBundle" not in stored["spec"]  # the installer's job (or cert-manager's cainjector)
+
+
+@pytest.mark.parametrize("verb,group,resource,namespace,name", APISERVER_NEEDS,
+                         ids=[f"{v}-{r}" for v, _, r, _, _ in APISERVER_NEEDS])
+def test_apiserver_may(deployed: subprocess.CompletedProcess[str], kube: client.ApiClient,
+                       verb: str, group: str, resource: str, namespace: str, name: str) -> None:
+    assert allowed(kube, verb, group, resource, namespace, user=APISERVER_USER, groups=APISERVER_GROUPS,
+                   object_name=name)
+
+
+@pytest.mark.parametrize("verb,group,resource,namespace,name", APISERVER_MUST_NOT,
+                         ids=[f"{v}-{r}-{ns or 'all'}" for v, _, r, ns, _ in APISERVER_MUST_NOT])
+def test_apiserver_may_not(deployed: subprocess.CompletedProcess[str], kube: client.ApiClient,
+                           verb: str, group: str, resource: str, namespace: str, name: str) -> None:
+    assert not allowed(kube, verb, group, resource, namespace, user=APISERVER_USER, groups=APISERVER_GROUPS,
+                       object_name=name)
+
+
+@pytest.mark.parametrize("role,rule", [
+    ("admin", ("upload.cdi.kubevirt.io", "uploadtokenrequests", "*")),
+    ("edit", ("upload.cdi.kubevirt.io", "uploadtokenrequests", "*")),
+    ("edit", (CDI, "datavolumes", "*")),
+    ("view", (CDI, "datavolumes", "get")),
+])
+def test_builtin_roles_aggregate_cdi_rules(deployed: subprocess.CompletedProcess[str], kube: client.ApiClient,
+                                           role: str, rule: tuple[str, str, str]) -> None:
+    rbac_api = client.RbacAuthorizationV1Api(kube)
+    deadline = time.monotonic() + 30
+    while True:
+        rules = rbac_api.read_cluster_role(role).rules or []
+        found = {(g, r, v) for x in rules for g in x.api_groups or [] for r in x.resources or [] for v in x.verbs}
+        if rule in found or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    assert rule in found

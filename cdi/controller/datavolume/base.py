@@ -25,7 +25,7 @@ from ..context import Context
 from ..progress import format_progress, scrape
 from ..storage import RenderError, render_pvc_spec
 from .flow import Event
-from .importer import flow_for
+from .kinds import flow_for
 
 log = logging.getLogger("cdi.controller.datavolume")
 
@@ -38,7 +38,7 @@ def reconcile(ctx: Context, namespace: str, name: str) -> float | None:
     dv = ctx.cache.get("dv", namespace, name)
     if dv is None or dv["metadata"].get("deletionTimestamp"):
         return None
-    flow = flow_for(dv)
+    flow = flow_for(dv, upload_configured=ctx.upload.configured)
     status: dict[str, Any] = copy.deepcopy(dv.get("status") or {})
     before = copy.deepcopy(status)
     status.setdefault("progress", "N/A")
@@ -111,7 +111,7 @@ def _create_claim(ctx: Context, dv: dict[str, Any], flow: Any) -> tuple[dict[str
 
 def _waits_for_consumer(ctx: Context, pvc: dict[str, Any]) -> bool:
     annotations = pvc["metadata"].get("annotations") or {}
-    if annotations.get(ann.BIND_IMMEDIATE) == "true" or ann.SELECTED_NODE in annotations:
+    if ann.BIND_IMMEDIATE in annotations or ann.SELECTED_NODE in annotations:
         return False
     class_name = (pvc.get("spec") or {}).get("storageClassName")
     storage_class = ctx.cache.get("storageclass", "", class_name) if class_name else None

@@ -90,33 +90,3 @@ class ImportFlow:
 
     def reports_progress(self) -> bool:
         return True
-
-
-class UnsupportedFlow:
-    """Upload, clone and the other sources this controller does not run yet: the DataVolume stays
-    Pending with a condition that says so, and no PVC is created."""
-
-    component = "datavolume-controller"
-
-    def refusal(self, dv: dict[str, Any]) -> tuple[str, str] | None:
-        spec = dv.get("spec") or {}
-        if spec.get("sourceRef"):
-            return "UnsupportedSource", "DataVolumes from a DataSource (sourceRef) are clones, not supported yet"
-        kind, _ = source_of(dv)
-        return "UnsupportedSource", f"this controller does not handle {kind or 'an empty'} sources yet"
-
-    def claim_annotations(self, dv: dict[str, Any], config: ControllerConfig) -> dict[str, str]:
-        return {}
-
-    def worker_phase(self, annotations: dict[str, str], claim_name: str) -> tuple[str, Event] | None:
-        return None
-
-    def reports_progress(self) -> bool:
-        return False
-
-
-def flow_for(dv: dict[str, Any]) -> ImportFlow | UnsupportedFlow:
-    kind, _ = source_of(dv)
-    if (dv.get("spec") or {}).get("sourceRef") or kind not in SERVED + ("gcs", "imageio", "vddk"):
-        return UnsupportedFlow()
-    return ImportFlow()

@@ -1,0 +1,54 @@
+"""The upload flow: DataVolumes with ``source.upload``, filled by ``virtctl image-upload`` or
+``cdi image-upload`` through the upload proxy.
+
+The PVC is marked ``storage.upload.target`` (with its content type) for the PVC upload
+controller, which runs the upload server; the server's state on the PVC gives the phase:
+pod created -> UploadScheduled, ready for bytes -> UploadReady, upload done -> Succeeded.
+An upload that fails is answered to the client, and the server stays up for another try, so an
+upload DataVolume does not fail on its own.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .. import annotations as ann
+from ..config import ControllerConfig
+from .flow import Event
+
+NOT_CONFIGURED = ("UploadNotConfigured",
+                  "this controller has no upload-server CA (UPLOADSERVER_CA_CERT_FILE/UPLOADSERVER_CA_KEY_FILE "
+                  "and UPLOADPROXY_CLIENT_CA_FILE), so it cannot run upload servers")
+
+
+class UploadFlow:
+    component = "datavolume-upload-controller"
+
+    def __init__(self, configured: bool = True) -> None:
+        self.configured = configured
+
+    def refusal(self, dv: dict[str, Any]) -> tuple[str, str] | None:
+        return None if self.configured else NOT_CONFIGURED
+
+    def claim_annotations(self, dv: dict[str, Any], config: ControllerConfig) -> dict[str, str]:
+        spec = dv.get("spec") or {}
+        preallocation = spec.get("preallocation")
+        return {
+            ann.UPLOAD_TARGET: "",
+            ann.CONTENT_TYPE: spec.get("contentType") or "kubevirt",
+            ann.PREALLOCATION_REQUESTED: str(config.preallocation if preallocation is None
+                                             else bool(preallocation)).lower(),
+        }
+
+    def worker_phase(self, annotations: dict[str, str], claim_name: str) -> tuple[str, Event] | None:
+        phase = annotations.get(ann.POD_PHASE)
+        if phase == "Succeeded":
+            return "Succeeded", Event("Normal", "UploadSucceeded", f"Successfully uploaded into {claim_name}")
+        if phase == "Running" and annotations.get(ann.POD_READY) == "true":
+            return "UploadReady", Event("Normal", "UploadReady", f"Upload into {claim_name} ready")
+        if phase is not None or ann.UPLOAD_POD_NAME in annotations:
+            return "UploadScheduled", Event("Normal", "UploadScheduled", f"Upload into {claim_name} scheduled")
+        return None
+
+    def reports_progress(self) -> bool:
+        return False
