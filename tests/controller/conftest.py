@@ -29,6 +29,7 @@ from tests.servers.images import Image
 from tests.servers.nginx import Nginx, start_nginx
 from tests.servers.pki import TestCA
 from tests.servers.ports import free_port
+from tests.servers.token_api import TokenApi
 from tests.servers.uploadstack import ProxyProcess, UploadPki, make_upload_pki
 from uploadproxy import tokens
 
@@ -105,8 +106,12 @@ def installed(control_plane: ControlPlane) -> ControlPlane:
     kubectl(control_plane, "apply", "-f", str(ROOT / "crds"))
     kubectl(control_plane, "wait", "--for=condition=Established", "--timeout=60s", "-f", str(ROOT / "crds"))
     kubectl(control_plane, "apply", "-f", str(ROOT / "deploy"))
-    # the Deployment itself is not run here (no controller image on this node): the process is
-    kubectl(control_plane, "delete", "deployment", "-n", "cdi", "cdi-py-controller", "--ignore-not-found")
+    # the Deployments are not run here (no images on this node): the processes are. The shipped
+    # APIService points at a server that never runs, which would break discovery (and namespace
+    # deletion) for everyone: the upload tests register their own (token_api).
+    kubectl(control_plane, "delete", "deployment", "-n", "cdi", "cdi-py-controller", "cdi-apiserver",
+            "--ignore-not-found")
+    kubectl(control_plane, "delete", "apiservice", "v1beta1.upload.cdi.kubevirt.io", "--ignore-not-found")
     return control_plane
 
 
@@ -136,16 +141,25 @@ def controller(installed: ControlPlane, kube: client.ApiClient, node_agent: Node
 
 
 @pytest.fixture(scope="package")
-def token_key() -> rsa.RSAPrivateKey:
-    return tokens.generate_key()
+def token_api(installed: ControlPlane, kube: client.ApiClient, node_agent: NodeAgent,
+              tmp_path_factory: pytest.TempPathFactory) -> Iterator[TokenApi]:
+    """``UploadTokenRequest`` served by ``python -m cdi.apiserver`` through the aggregation layer."""
+    with TokenApi.start(kube, installed, node_agent.node_ip, tmp_path_factory.mktemp("token-api")) as api:
+        yield api
+
+
+@pytest.fixture(scope="package")
+def token_key(token_api: TokenApi) -> rsa.RSAPrivateKey:
+    """The token API's signing key, for tests that make their own (expired, other volume) tokens."""
+    return tokens.load_private_key(token_api.private_key_path.read_bytes())
 
 
 @pytest.fixture(scope="package")
 def upload_proxy(controller: ControllerProcess, installed: ControlPlane, upload_pki: UploadPki, proxy_port: int,
-                 token_key: rsa.RSAPrivateKey, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyProcess]:
+                 token_api: TokenApi, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyProcess]:
     """The upload proxy on the host, asking the cluster where each volume's upload server is."""
     workdir = tmp_path_factory.mktemp("uploadproxy")
-    proxy = ProxyProcess(upload_pki, installed.kubeconfig, tokens.public_key_pem(token_key),
+    proxy = ProxyProcess(upload_pki, installed.kubeconfig, token_api.public_key_pem,
                          workdir / "proxy.log", port=proxy_port).start()
     yield proxy
     proxy.stop()
