@@ -10,13 +10,18 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from typing import Callable
 
 from tests.servers.faultproxy import accept_in_background
 
 
 class UploadCutter:
-    def __init__(self, upstream_port: int, at: int, stall: float = 0.0) -> None:
+    def __init__(self, upstream_port: int, at: int, stall: float = 0.0,
+                 on_cut: Callable[[], None] | None = None) -> None:
         self.upstream_port = upstream_port
+        self.on_cut = on_cut
+        """Called once, as the cut happens (before the stall): for tests that change the world
+        exactly while the client is disconnected."""
         self.stall = stall
         """Seconds to hold the connection open, sending nothing, before the cut."""
         self.at = at
@@ -41,6 +46,8 @@ class UploadCutter:
         try:
             while data := source.recv(1 << 16):
                 if upward and self._should_cut(len(data)):
+                    if self.on_cut is not None:
+                        self.on_cut()
                     time.sleep(self.stall)
                     break
                 sink.sendall(data)

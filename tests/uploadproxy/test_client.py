@@ -10,7 +10,7 @@ Behaviours under test:
 - a checksum (given, or computed with ``checksum=True``) is verified by the server; a wrong one
   fails at once (400, one attempt, nothing left on the volume);
 - a refused token fails at once with AuthenticationFailed; a token callable is asked again
-  after a 401 on a later attempt (an expired token is refreshed).
+  after a 401 on a later attempt (a token that stopped verifying mid-upload is refreshed).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from tests.servers.images import sha256_file as sha256_of
 from tests.servers.images import Image
 from tests.uploadproxy.conftest import ServerFactory
 from tests.uploadproxy.cutter import UploadCutter
-from tests.uploadproxy.harness import LoopThread, Pki, ProxyHandle, Ready, ServerHandle, wait_outcome
+from tests.uploadproxy.harness import LoopThread, Pki, ProxyHandle, Ready, ServerHandle, rsa_public, wait_outcome
 from uploadproxy import client, tokens
 
 
@@ -39,8 +39,8 @@ def volume(proxy: ProxyHandle, upload_server: ServerFactory) -> ServerHandle:
 def cutter(proxy: ProxyHandle) -> Iterator[Callable[..., UploadCutter]]:
     made: list[UploadCutter] = []
 
-    def make(at: int, stall: float = 0.0) -> UploadCutter:
-        made.append(UploadCutter(proxy.proxy.port, at, stall))
+    def make(at: int, stall: float = 0.0, on_cut: Callable[[], None] | None = None) -> UploadCutter:
+        made.append(UploadCutter(proxy.proxy.port, at, stall, on_cut))
         return made[-1]
 
     yield make
@@ -114,18 +114,21 @@ def test_token_refused_and_refreshed(proxy: ProxyHandle, volume: ServerHandle, p
     expired = tokens.issue(pki.token_key, "default", "disk", now=time.time() - 400)
     with pytest.raises(client.AuthenticationFailed):
         client.upload(proxy.url, expired, images["disk.raw"].path, ca=pki.proxy_ca.cert)
+    # the upload starts with a good token; while the connection is cut the proxy's key is rotated
+    # (as if the token had expired meanwhile), so resuming gets a 401 and asks for a new token
+    signing = [pki.token_key]
     issued: list[str] = []
 
-    def short_lived_first() -> str:
-        # the first token is valid for about 3 more seconds (in the 10 s leeway), later ones 5 minutes
-        now = time.time() - (307 if not issued else 0)
-        issued.append(tokens.issue(pki.token_key, "default", "disk", now=now))
+    def rotate() -> None:
+        signing.append(tokens.generate_key())
+        proxy.proxy.public_key = rsa_public(signing[-1])
+
+    def current_token() -> str:
+        issued.append(tokens.issue(signing[-1], "default", "disk"))
         return issued[-1]
 
-    # the upload starts with the first token; the cut comes after it expired, so resuming
-    # gets a 401 and asks for a new token
-    relay = cutter(12 << 20, stall=6.0)
-    result = client.upload(f"https://127.0.0.1:{relay.port}", short_lived_first, images["disk.raw"].path,
+    relay = cutter(12 << 20, on_cut=rotate)
+    result = client.upload(f"https://127.0.0.1:{relay.port}", current_token, images["disk.raw"].path,
                            ca=pki.proxy_ca.cert)
     assert result.status == 200 and len(issued) >= 2
     wait_outcome(loop_thread, volume)
