@@ -7,7 +7,8 @@ the bytes in flight; otherwise ``HEAD /v1beta1/upload-async`` chooses CDI's asyn
 (as virtctl does), where a retry starts again from byte 0. Retries back off exponentially; the
 budget refills whenever bytes get through. A 401 fails at once unless ``token`` is a callable,
 which is then asked for a fresh token (CDI's tokens live 5 minutes). Other 4xx answers are
-final (the image is too large, the checksum did not match, ...), 5xx and 503 are retried.
+final (the image is too large, the checksum did not match, ...), and so is any failure our
+server marks ``Upload-Error: permanent`` (an invalid image); other 5xx and 503 are retried.
 """
 
 from __future__ import annotations
@@ -198,7 +199,9 @@ class Uploader:
 
     @staticmethod
     def final(response: requests.Response) -> None:
-        if 400 <= response.status_code < 500 and response.status_code not in (401, 404, 409):
+        """Answers no retry can change: most 4xx, and any failure the server calls permanent."""
+        permanent = response.headers.get(paths.ERROR_HEADER) == "permanent"
+        if permanent or 400 <= response.status_code < 500 and response.status_code not in (401, 404, 409):
             raise UploadFailed(f"unexpected return value {response.status_code}, {response.text}",
                                response.status_code, response.text)
 

@@ -13,7 +13,9 @@ anything else                              500     ``Saving stream failed: <reas
 
 from __future__ import annotations
 
-from importer.errors import CdiImportError, ChecksumMismatch, PermanentError
+from importer.errors import CdiImportError, ChecksumMismatch, PermanentError, ScratchSpaceRequired
+
+from .paths import ERROR_HEADER
 
 TOO_SMALL = "DataVolume too small to contain image"
 
@@ -44,6 +46,14 @@ class UploadAbandoned(PermanentError):
 
 def is_too_small(error: BaseException) -> bool:
     return isinstance(error, CdiImportError) and error.reason == "TooSmall"
+
+
+def error_headers(error: BaseException) -> dict[str, str]:
+    """Whether retrying the same bytes could succeed, for clients that read it (ours)."""
+    if isinstance(error, (UploadBusy, UploadAlreadyDone, BadUploadRequest)):
+        return {}
+    permanent = isinstance(error, (PermanentError, ScratchSpaceRequired))
+    return {ERROR_HEADER: "permanent" if permanent else "temporary"}
 
 
 def http_status(error: BaseException) -> int:

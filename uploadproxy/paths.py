@@ -40,7 +40,11 @@ MODE_HEADER = "Upload-Mode"
 CONTENT_TYPE_HEADER = "Upload-Content-Type"
 """``kubevirt`` or ``archive`` for a resumable upload; set by the proxy from the volume."""
 STATE_HEADER = "Upload-State"
-EXPOSED_HEADERS = (OFFSET_HEADER, LENGTH_HEADER, ID_HEADER, STATE_HEADER)
+ERROR_HEADER = "Upload-Error"
+"""On a failed upload: ``permanent`` (sending the same file again cannot help: an invalid or unsafe
+image, one that needs scratch space the server lacks) or ``temporary``. CDI answers both with a
+bare 500; our client stops retrying on the first."""
+EXPOSED_HEADERS = (OFFSET_HEADER, LENGTH_HEADER, ID_HEADER, STATE_HEADER, ERROR_HEADER)
 
 
 @dataclass(frozen=True)

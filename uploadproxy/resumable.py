@@ -29,7 +29,7 @@ from aiohttp import web
 
 from .body import BodyError, pump, raw_body
 from .channel import ConsumerGone
-from .errors import BadUploadRequest, UploadAbandoned, http_message, http_status
+from .errors import BadUploadRequest, UploadAbandoned, error_headers, http_message, http_status
 from .paths import ID_HEADER, LENGTH_HEADER, MODE_HEADER, OFFSET_HEADER, STATE_HEADER, CONTENT_TYPE_HEADER
 from .session import Session, UploadSpec, Uploads
 from .upload import error_response, parse_checksum, wait_outcome
@@ -127,7 +127,8 @@ class Resumable:
             return session
         failure = self.uploads.failure(upload_id)
         if failure is not None:
-            return web.Response(status=http_status(failure), text=http_message(failure))
+            return web.Response(status=http_status(failure), text=http_message(failure),
+                                headers=error_headers(failure))
         if self.uploads.result is not None and upload_id == self.uploads.result_id:
             return web.Response(status=200, headers={STATE_HEADER: "done", ID_HEADER: upload_id})
         return web.Response(status=404, text=f"no upload {upload_id!r} here: start a new one")

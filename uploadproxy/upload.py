@@ -20,7 +20,7 @@ from importer.errors import InvalidSource
 
 from .body import BodyError, form_file, pump, raw_body
 from .channel import ConsumerGone
-from .errors import BadUploadRequest, UploadInterrupted, http_message, http_status
+from .errors import BadUploadRequest, UploadInterrupted, error_headers, http_message, http_status
 from .paths import CHECKSUM_HEADER, ROUTES
 from .session import Session, UploadSpec, Uploads
 
@@ -36,7 +36,8 @@ def parse_checksum(request: web.Request) -> Checksum | None:
 
 
 def error_response(error: BaseException, headers: Mapping[str, str] | None = None) -> web.Response:
-    return web.Response(status=http_status(error), text=http_message(error), headers=headers)
+    return web.Response(status=http_status(error), text=http_message(error),
+                        headers={**error_headers(error), **(headers or {})})
 
 
 async def wait_outcome(session: Session, headers: Mapping[str, str] | None = None) -> web.Response:

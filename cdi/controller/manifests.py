@@ -6,7 +6,8 @@ to a real apiserver and checks the RBAC with SubjectAccessReviews.
 
 Files are numbered because ``kubectl apply -f deploy/`` applies them in name order: the namespace
 before what lives in it, the APIService last. ``00``-``05`` are the controller's (built here),
-``10`` and up cdi-apiserver's (:mod:`cdi.apiserver.manifests`). Install with
+``10``-``14`` and ``20`` and up cdi-apiserver's (:mod:`cdi.apiserver.manifests`), ``15``-``19`` the
+upload proxy's (:mod:`cdi.controller.upload_manifests`). Install with
 ``kubectl apply -f crds/ && kubectl apply -f deploy/``, then set the APIService's ``caBundle``.
 """
 
@@ -24,7 +25,7 @@ import yaml
 from cdi.api import v1beta1
 from cdi.apiserver import manifests as apiserver
 
-from . import rbac
+from . import rbac, upload_manifests
 
 DEPLOY_DIR = Path(__file__).resolve().parents[2] / "deploy"
 
@@ -91,6 +92,7 @@ def _container() -> dict[str, Any]:
     env = [
         {"name": "IMPORTER_IMAGE", "value": IMPORTER_IMAGE},
         {"name": "CONTROLLER_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+        *upload_manifests.controller_env(),
     ]
     return {
         "name": "controller",
@@ -107,7 +109,7 @@ def _container() -> dict[str, Any]:
                       "limits": {"cpu": "500m", "memory": "512Mi"}},
         "securityContext": _security_context(),
         # Python and its libraries may want a scratch directory; the root filesystem is read-only
-        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}, *upload_manifests.controller_mounts()[1]],
     }
 
 
@@ -118,7 +120,7 @@ def deployment() -> Manifest:
         "serviceAccountName": NAME,
         "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
         "containers": [_container()],
-        "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}],
+        "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}, *upload_manifests.controller_mounts()[0]],
     }
     return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": _meta(NAME),
             "spec": {"replicas": 1, "strategy": {"type": "Recreate"}, "selector": {"matchLabels": selector},
@@ -133,6 +135,7 @@ MANIFESTS: tuple[tuple[str, Callable[[], Manifest]], ...] = (
     ("04-cdiconfig.yaml", cdi_config),
     ("05-deployment.yaml", deployment),
     *apiserver.MANIFESTS,
+    *upload_manifests.MANIFESTS,
 )
 
 

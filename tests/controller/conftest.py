@@ -109,7 +109,7 @@ def installed(control_plane: ControlPlane) -> ControlPlane:
     # the Deployments are not run here (no images on this node): the processes are. The shipped
     # APIService points at a server that never runs, which would break discovery (and namespace
     # deletion) for everyone: the upload tests register their own (token_api).
-    kubectl(control_plane, "delete", "deployment", "-n", "cdi", "cdi-py-controller", "cdi-apiserver",
+    kubectl(control_plane, "delete", "deployment", "-n", "cdi", "cdi-py-controller", "cdi-apiserver", "cdi-uploadproxy",
             "--ignore-not-found")
     kubectl(control_plane, "delete", "apiservice", "v1beta1.upload.cdi.kubevirt.io", "--ignore-not-found")
     return control_plane

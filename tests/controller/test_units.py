@@ -9,6 +9,9 @@ Behaviours under test:
 - CDI's short message for size errors;
 - the importer pod as CDI builds it: env, block vs filesystem, credentials by secretKeyRef,
   cert and secret-header volumes, scratch decided up front from the endpoint, long names;
+- the upload pod, its Service and TLS Secret fit together (selector, Secret name, a serving
+  certificate for the Service's DNS name signed by the upload-server CA); upload phases from the
+  pod's state;
 - the work queue runs one worker per key at a time and never loses an event that arrived while
   the key was being processed.
 """
@@ -16,11 +19,16 @@ Behaviours under test:
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 from typing import Any
 
+from cryptography import x509
+
 from cdi.controller import annotations as ann
-from cdi.controller import importer_pod, podstatus
+from cdi.controller import importer_pod, podstatus, upload_pod
+from cdi.controller.certs import make_ca
+from cdi.controller.datavolume.upload import UploadFlow
 from cdi.controller.config import resolve_config
 from cdi.controller.workqueue import WorkQueue
 
@@ -172,3 +180,50 @@ def test_work_queue_one_worker_per_key_and_no_lost_events() -> None:
 
     log = asyncio.run(scenario())
     assert sorted(log) == ["a", "a", "b", "b"]
+
+
+# -- uploads --------------------------------------------------------------------------------------
+
+
+def upload_settings() -> upload_pod.UploadSettings:
+    return upload_pod.UploadSettings(image="cdi-py-uploadserver", server_ca=make_ca("server-ca"),
+                                     client_ca_pem=make_ca("client-ca").cert)
+
+
+def test_upload_pod_service_and_secret_fit_together() -> None:
+    pvc = claim(**{ann.UPLOAD_TARGET: "", ann.CONTENT_TYPE: "kubevirt"})
+    config = resolve_config({"spec": {"filesystemOverhead": {"global": "0.1"}}}, [{"metadata": {"name": "fast"}}])
+    settings = upload_settings()
+    pod = upload_pod.render_pod(pvc, config, settings)
+    service = upload_pod.render_service(pvc)
+    secret = upload_pod.render_secret(pvc, settings)
+    env = env_of(pod)
+    assert pod["metadata"]["name"] == service["metadata"]["name"] == "cdi-upload-disk"
+    assert all(pod["metadata"]["labels"][k] == v for k, v in service["spec"]["selector"].items())
+    assert env["DESTINATION"] == "/data/disk.img" and env["UPLOAD_IMAGE_SIZE"] == "1Gi"
+    assert env["FILESYSTEM_OVERHEAD"] == "0.1" and env["CLIENT_NAME"] == "client.upload-server.cdi.kubevirt.io"
+    container = pod["spec"]["containers"][0]
+    assert container["readinessProbe"]["httpGet"]["scheme"] == "HTTPS"
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    assert volumes[upload_pod.TLS_VOLUME]["secret"]["secretName"] == secret["metadata"]["name"]
+    assert volumes[upload_pod.SCRATCH_VOLUME]["emptyDir"] == {"sizeLimit": "1Gi"}
+    # the serving certificate names the Service as the proxy dials it, and chains to the signer
+    served = x509.load_pem_x509_certificate(base64.b64decode(secret["data"]["tls.crt"]))
+    names = served.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
+        x509.DNSName)
+    assert "cdi-upload-disk.ns.svc" in names
+    signer = x509.load_pem_x509_certificate(settings.server_ca.cert)  # type: ignore[union-attr]
+    assert served.issuer == signer.subject
+    assert all(o["uid"] == "pvc-uid" for o in (pod, service, secret) for o in o["metadata"]["ownerReferences"])
+
+
+def test_upload_phases_from_the_pod_state() -> None:
+    flow = UploadFlow()
+    assert flow.worker_phase({}, "disk") is None
+    assert flow.worker_phase({ann.UPLOAD_POD_NAME: "cdi-upload-disk"}, "disk")[0] == "UploadScheduled"  # type: ignore[index]
+    running = {ann.POD_PHASE: "Running", ann.POD_READY: "false"}
+    assert flow.worker_phase(running, "disk")[0] == "UploadScheduled"  # type: ignore[index]
+    ready = flow.worker_phase({**running, ann.POD_READY: "true"}, "disk")
+    assert ready is not None and ready[0] == "UploadReady" and ready[1].reason == "UploadReady"
+    assert flow.worker_phase({ann.POD_PHASE: "Succeeded"}, "disk")[0] == "Succeeded"  # type: ignore[index]
+    assert UploadFlow(configured=False).refusal({})[0] == "UploadNotConfigured"  # type: ignore[index]

@@ -48,7 +48,7 @@ from kubernetes import client
 
 from cdi.api import crds
 from cdi.apiserver import manifests as apiserver_manifests
-from cdi.controller import manifests, rbac
+from cdi.controller import manifests, upload_manifests, rbac
 from kubeenv.controlplane import ControlPlane
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -149,7 +149,7 @@ APISERVER_MUST_NOT: list[tuple[str, str, str, str, str]] = [
     ("create", apiserver_manifests.discovery.GROUP, "uploadtokenrequests", TENANT, ""),
     ("update", "apiregistration.k8s.io", "apiservices", "", apiserver_manifests.API_SERVICE),
 ]
-DEPLOYMENTS = [manifests.NAME, apiserver_manifests.NAME]
+DEPLOYMENTS = [manifests.NAME, apiserver_manifests.NAME, upload_manifests.NAME]
 
 
 def kubectl(plane: ControlPlane, *args: str, check: bool = True,
@@ -404,3 +404,20 @@ def test_builtin_roles_aggregate_cdi_rules(deployed: subprocess.CompletedProcess
             break
         time.sleep(0.3)
     assert rule in found
+
+
+PROXY_USER = f"system:serviceaccount:{upload_manifests.NAMESPACE}:{upload_manifests.NAME}"
+PROXY_GROUPS = ["system:serviceaccounts", f"system:serviceaccounts:{upload_manifests.NAMESPACE}",
+                "system:authenticated"]
+
+
+@pytest.mark.parametrize("verb,resource,allowed_", [
+    ("get", "persistentvolumeclaims", True),        # is the volume's upload server ready?
+    ("list", "persistentvolumeclaims", False),
+    ("update", "persistentvolumeclaims", False),
+    ("get", "secrets", False),
+    ("create", "pods", False),
+])
+def test_uploadproxy_may_only_read_claims(deployed: subprocess.CompletedProcess[str], kube: client.ApiClient,
+                                          verb: str, resource: str, allowed_: bool) -> None:
+    assert allowed(kube, verb, "", resource, "somewhere", user=PROXY_USER, groups=PROXY_GROUPS) is allowed_
