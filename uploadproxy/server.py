@@ -1,7 +1,8 @@
 """The upload server: one per target volume, ``python -m uploadproxy.server`` in CDI's upload pod.
 
-HTTPS on :8443 (aiohttp). ``/healthz`` answers ``OK`` to anyone (the readiness probe); every
-other path needs a client certificate signed by ``CLIENT_CERT_FILE`` whose CN is
+HTTPS on :8443 (aiohttp). ``/healthz`` answers ``OK`` to anyone (the readiness probe), and
+``/metrics`` the running upload's progress (``kubevirt_cdi_upload_progress_total{ownerUID}``,
+where the controller reads the importer's; CDI reports none for uploads); every other path needs a client certificate signed by ``CLIENT_CERT_FILE`` whose CN is
 ``CLIENT_NAME`` (the proxy's), else 401. Paths: CDI's one-shot uploads
 (:mod:`uploadproxy.upload`) and our resumable protocol (:mod:`uploadproxy.resumable`).
 
@@ -38,6 +39,9 @@ from .upload import OneShot
 log = logging.getLogger("uploadproxy.server")
 READ_BUFSIZE = 1 << 20
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+METRICS = "/metrics"
+OPEN_PATHS = (HEALTHZ, METRICS)
+"""What anyone who reaches the pod may read: liveness and a progress number, no data."""
 
 
 def client_check(settings: ServerSettings) -> Any:
@@ -45,7 +49,7 @@ def client_check(settings: ServerSettings) -> Any:
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path != HEALTHZ and settings.client_ca is not None:
+        if request.path not in OPEN_PATHS and settings.client_ca is not None:
             transport = request.transport
             name = peer_common_name(transport.get_extra_info("peercert") if transport else None)
             if name != settings.client_name:
@@ -73,11 +77,15 @@ class UploadServer:
     def make_app(self) -> web.Application:
         app = web.Application(middlewares=[client_check(self.settings)], client_max_size=1 << 62)
         app.router.add_get(HEALTHZ, healthz)
+        app.router.add_get(METRICS, self._metrics)
         one_shot = OneShot(self.uploads)
         for path in ROUTES:
             app.router.add_route("*", path, one_shot.handle)
         app.router.add_route("*", RESUMABLE, Resumable(self.uploads, self.settings.resume_timeout).handle)
         return app
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        return web.Response(text=self.uploads.progress.render(), content_type="text/plain")
 
     async def start(self) -> int:
         self.outcome = asyncio.get_running_loop().create_future()

@@ -30,6 +30,7 @@ from typing import Callable
 from importer import progress as phases
 from importer.checksum import Checksum
 from importer.pipeline import ImportOptions, ImportResult, run_import
+from importer.metrics import ProgressMetric
 from importer.progress import Progress, ProgressEvent
 from importer.sources.upload import UploadSource
 
@@ -39,6 +40,7 @@ from .settings import ServerSettings
 
 log = logging.getLogger(__name__)
 
+UPLOAD_METRIC = "kubevirt_cdi_upload_progress_total"
 _AFTER_TRANSFER = (phases.CONVERT, phases.RESIZE, phases.DONE)
 """Phases the pipeline reaches only after the last byte was read, hashed and validated."""
 
@@ -113,6 +115,8 @@ class Uploads:
         self.result_id = ""
         self._failures: dict[str, BaseException] = {}
         self._on_outcome = on_outcome
+        self.progress = ProgressMetric(settings.owner_uid, UPLOAD_METRIC)
+        """The running upload's overall percent (received, converted, resized), for ``/metrics``."""
 
     @property
     def busy(self) -> bool:
@@ -127,6 +131,7 @@ class Uploads:
         loop = asyncio.get_running_loop()
         session = Session(spec, loop, self.settings.channel_limit)
         self.session = session
+        self.progress = ProgressMetric(self.settings.owner_uid, UPLOAD_METRIC)  # a retry starts from 0
         run = loop.run_in_executor(None, self._import, session, loop)
         run.add_done_callback(lambda done: self._finish(session, done))
         return session
@@ -160,7 +165,7 @@ class Uploads:
         spec = session.spec
         source = UploadSource(session.channel, spec.length, name="upload")
         options = ImportOptions(checksum=spec.checksum, content_type="archive" if spec.archive else "kubevirt",
-                                scratch_dir=self.settings.scratch_dir, progress=Progress([listener]))
+                                scratch_dir=self.settings.scratch_dir, progress=Progress([listener, self.progress]))
         return run_import(source, self.settings.target(spec.archive), options)
 
     def _finish(self, session: Session, run: "asyncio.Future[ImportResult]") -> None:

@@ -7,7 +7,8 @@ the proxy's client certificate), ``CLIENT_NAME`` (the CN that certificate must c
 ``TLS_MIN_VERSION``, ``TLS_CIPHERS``. Ours, with defaults that match a real pod:
 ``UPLOAD_SERVER_ADDRESS``/``UPLOAD_SERVER_PORT`` (0.0.0.0:8443), ``SCRATCH_DIR`` (``/scratch``
 when mounted), ``TERMINATION_MESSAGE_PATH`` (``/dev/termination-log``) and
-``UPLOAD_RESUME_TIMEOUT`` (seconds a paused resumable upload waits for its client).
+``UPLOAD_RESUME_TIMEOUT`` (seconds a paused resumable upload waits for its client) and
+``OWNER_UID`` (the DataVolume's UID, the label of the progress metric the controller reads).
 Only :meth:`ServerSettings.from_env` reads ``os.environ``.
 """
 
@@ -55,6 +56,7 @@ class ServerSettings:
     resume_timeout: float = 300.0
     channel_limit: int = 16 << 20
     """Bytes that may wait between the network and the disk."""
+    owner_uid: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "ServerSettings":
@@ -78,6 +80,7 @@ class ServerSettings:
             scratch_dir=scratch if scratch.is_dir() else None,
             termination_message_path=cls.termination_path_from_env(env),
             resume_timeout=float(env.get("UPLOAD_RESUME_TIMEOUT", "300")),
+            owner_uid=env.get("OWNER_UID", ""),
         )
 
     @staticmethod

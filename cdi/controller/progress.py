@@ -2,7 +2,8 @@
 
 The importer serves ``kubevirt_cdi_import_progress_total{ownerUID="<DataVolume UID>"}`` over
 HTTPS on port 8443 with a self-signed certificate (so verification is off: the pod IP is the
-identity), and the number already covers every phase: transfer, conversion, resize.
+identity), and the number already covers every phase: transfer, conversion, resize. Our upload
+servers serve ``kubevirt_cdi_upload_progress_total`` the same way on the same port.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import urllib3
 
 from .importer_pod import METRICS_PORT
 
-_METRIC = r'(?:kubevirt_cdi_import_progress_total|kubevirt_cdi_clone_progress_total)\{ownerUID="%s"\} ([0-9.]+)'
+_METRIC = r'kubevirt_cdi_(?:import|clone|upload)_progress_total\{ownerUID="%s"\} ([0-9.]+)'
 
 
 def scrape(pod_ip: str, owner_uid: str, timeout: float = 2.0) -> float | None:

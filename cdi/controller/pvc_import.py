@@ -67,7 +67,7 @@ def reconcile(ctx: Context, namespace: str, name: str) -> float | None:
     return _follow(ctx, pvc, pod)
 
 
-def _owner_uid(pvc: dict[str, Any]) -> str:
+def owner_uid(pvc: dict[str, Any]) -> str:
     """The DataVolume's UID (the progress metric's label), else the PVC's own."""
     for ref in pvc["metadata"].get("ownerReferences") or []:
         if ref.get("kind") == "DataVolume":
@@ -80,7 +80,7 @@ def _start(ctx: Context, pvc: dict[str, Any], pod_name: str) -> None:
     config = ctx.config()
     scratch = importer_pod.scratch_name(pvc["metadata"]["name"]) if importer_pod.needs_scratch_up_front(annotations) \
         else None
-    body = importer_pod.render(pvc, owner_uid=_owner_uid(pvc), config=config, settings=ctx.importer, scratch=scratch)
+    body = importer_pod.render(pvc, owner_uid=owner_uid(pvc), config=config, settings=ctx.importer, scratch=scratch)
     created = ctx.kube.create("pod", body)
     if created is not None:
         log.info("%s/%s: started %s%s", pvc["metadata"]["namespace"], pvc["metadata"]["name"], pod_name,

@@ -21,7 +21,7 @@ from uploadproxy.resolver import service_name
 from . import annotations as ann
 from . import podstatus, upload_pod
 from .context import Context
-from .pvc_import import can_start
+from .pvc_import import can_start, owner_uid
 
 log = logging.getLogger("cdi.controller.upload")
 
@@ -62,7 +62,8 @@ def _start(ctx: Context, pvc: dict[str, Any], pod_name: str) -> None:
     # a restarted controller may find these made already: create answers None, and that is fine
     ctx.kube.create("secret", upload_pod.render_secret(pvc, ctx.upload))
     ctx.kube.create("service", upload_pod.render_service(pvc))
-    if ctx.kube.create("pod", upload_pod.render_pod(pvc, ctx.config(), ctx.upload)) is not None:
+    pod = upload_pod.render_pod(pvc, ctx.config(), ctx.upload, owner_uid=owner_uid(pvc))
+    if ctx.kube.create("pod", pod) is not None:
         log.info("%s/%s: started upload server %s", meta["namespace"], meta["name"], pod_name)
     annotations = meta.get("annotations") or {}
     if annotations.get(ann.UPLOAD_POD_NAME) != pod_name:

@@ -101,7 +101,8 @@ def render_service(pvc: dict[str, Any]) -> dict[str, Any]:
                      "ports": [{"name": "uploadserver", "protocol": "TCP", "port": PORT, "targetPort": PORT}]}}
 
 
-def _env(pvc: dict[str, Any], config: ControllerConfig, settings: UploadSettings) -> list[dict[str, Any]]:
+def _env(pvc: dict[str, Any], config: ControllerConfig, settings: UploadSettings,
+         owner_uid: str) -> list[dict[str, Any]]:
     annotations = pvc["metadata"].get("annotations") or {}
     spec = pvc.get("spec") or {}
     size = ((spec.get("resources") or {}).get("requests") or {}).get("storage", "")
@@ -115,6 +116,7 @@ def _env(pvc: dict[str, Any], config: ControllerConfig, settings: UploadSettings
         "PREALLOCATION": annotations.get(ann.PREALLOCATION_REQUESTED, str(config.preallocation).lower()),
         "UPLOAD_SERVER_PORT": str(PORT),
         "SCRATCH_DIR": SCRATCH_PATH,
+        "OWNER_UID": owner_uid,
         **settings.extra_env,
     }
     return [{"name": k, "value": v} for k, v in values.items()]
@@ -125,13 +127,15 @@ def _scratch_limit(pvc: dict[str, Any]) -> dict[str, Any]:
     return {"sizeLimit": size} if size else {}
 
 
-def render_pod(pvc: dict[str, Any], config: ControllerConfig, settings: UploadSettings) -> dict[str, Any]:
+def render_pod(pvc: dict[str, Any], config: ControllerConfig, settings: UploadSettings,
+               owner_uid: str = "") -> dict[str, Any]:
+    """``owner_uid`` labels the progress metric (the DataVolume's UID, else the PVC's)."""
     meta = pvc["metadata"]
     annotations = meta.get("annotations") or {}
     name = pod_name(meta["name"])
     container: dict[str, Any] = {
         "name": "cdi-upload-server", "image": settings.image, "imagePullPolicy": settings.pull_policy,
-        "env": _env(pvc, config, settings),
+        "env": _env(pvc, config, settings, owner_uid or pvc["metadata"]["uid"]),
         "ports": [{"name": "uploadserver", "containerPort": PORT, "protocol": "TCP"}],
         "readinessProbe": {"httpGet": {"path": "/healthz", "port": PORT, "scheme": "HTTPS"},
                            "initialDelaySeconds": 0, "periodSeconds": 1, "failureThreshold": 1},

@@ -6,6 +6,8 @@ Behaviours under test:
 - an upload DataVolume goes UploadScheduled -> UploadReady -> Succeeded with CDI's events; the
   image lands converted on the volume; the PVC carries ``pod.phase=Succeeded``; the upload pod
   and its Service are gone afterwards; CDIConfig publishes the proxy's URL;
+- progress while an upload runs (curl at 2 MB/s): the DataVolume shows it between 1% and 99%,
+  read from the upload server's metric (CDI shows N/A), then 100.0%;
 - curl on CDI's sync path into a Block volume;
 - an archive DataVolume: a tar unpacked into the volume;
 - a bare PVC marked ``upload.target`` (virtctl's ``pvc`` mode) is served the same way;
@@ -171,3 +173,28 @@ def test_refusals_keep_the_volume_usable(custom: client.CustomObjectsApi, core: 
 
     code, body = curl_upload(upload_proxy, upload_pki, tokens.issue(token_key, ns, "small"), image.path)
     assert code == 503 and "already finished" in body, (code, body)
+
+
+def test_progress_of_a_running_upload(custom: client.CustomObjectsApi, core: client.CoreV1Api, ns: str,
+                                      images: dict[str, Image], controller: ControllerProcess,
+                                      upload_proxy: ProxyProcess, upload_pki: UploadPki,
+                                      token_key: rsa.RSAPrivateKey) -> None:
+    create_dv(custom, ns, "slow", {"upload": {}}, size="64Mi")
+    wait_phase(custom, ns, "slow", "UploadReady", controller)
+    image = images["disk.raw"]
+    token = tokens.issue(token_key, ns, "slow")
+    curl = subprocess.Popen(["curl", "-sS", "--limit-rate", "2M", "--cacert", str(upload_pki.proxy_ca),
+                             "-H", f"Authorization: Bearer {token}", "--data-binary", f"@{image.path}",
+                             "-o", "/dev/null", "-w", "%{http_code}", f"{upload_proxy.url}/v1beta1/upload"],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        def midway() -> str | None:
+            progress = ((get_dv(custom, ns, "slow") or {}).get("status") or {}).get("progress", "N/A")
+            return progress if progress.endswith("%") and 1 < float(progress[:-1]) < 99 else None
+        wait_for("progress between 1% and 99%", midway, 60, controller)
+    finally:
+        out, _ = curl.communicate(timeout=120)
+    assert out == "200"
+    dv = wait_phase(custom, ns, "slow", "Succeeded", controller)
+    assert dv["status"]["progress"] == "100.0%"
+    assert sha256_prefix(volume_path(core, ns, "slow"), image.raw_size) == image.raw_sha256

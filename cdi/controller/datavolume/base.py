@@ -10,7 +10,8 @@ One pass reads the DataVolume and its PVC from the cache and converges:
    the annotations the worker controller mirrors onto it;
 3. write the status only if it changed, and record an event per phase change.
 
-Returns the seconds until the DataVolume wants another look (progress polling), or None.
+Returns the seconds until the DataVolume wants another look (progress polling while the flow's
+``progress_phase`` lasts), or None.
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ def reconcile(ctx: Context, namespace: str, name: str) -> float | None:
         return None
     event = _status_from_claim(ctx, dv, pvc, status, flow)
     _finish(ctx, dv, before, status, flow.component, event)
-    return ctx.poll_seconds if status.get("phase") == "ImportInProgress" else None
+    return ctx.poll_seconds if status.get("phase") == flow.progress_phase else None
 
 
 def _pending(status: dict[str, Any], reason: str, message: str) -> None:
@@ -142,13 +143,14 @@ def _status_from_claim(ctx: Context, dv: dict[str, Any], pvc: dict[str, Any], st
     if status["phase"] == "Succeeded":
         status["progress"] = "100.0%"
         conditions.update(conds, conditions.READY, "True")
-    elif status["phase"] == "ImportInProgress" and flow.reports_progress():
-        _read_progress(ctx, dv, pvc, status)
+    elif status["phase"] == flow.progress_phase:
+        _read_progress(ctx, dv, pvc, status, flow.pod_annotation)
     return event
 
 
-def _read_progress(ctx: Context, dv: dict[str, Any], pvc: dict[str, Any], status: dict[str, Any]) -> None:
-    pod_name = (pvc["metadata"].get("annotations") or {}).get(ann.IMPORT_POD_NAME)
+def _read_progress(ctx: Context, dv: dict[str, Any], pvc: dict[str, Any], status: dict[str, Any],
+                   pod_annotation: str) -> None:
+    pod_name = (pvc["metadata"].get("annotations") or {}).get(pod_annotation)
     pod = ctx.cache.get("pod", pvc["metadata"]["namespace"], pod_name) if pod_name else None
     pod_ip = ((pod or {}).get("status") or {}).get("podIP")
     if not pod_ip:

@@ -18,6 +18,10 @@ class Event:
 class Flow(Protocol):
     component: str
     """The events' source component, as CDI names its controllers."""
+    progress_phase: str | None
+    """The phase in which the worker's progress metric is read (every ``poll_seconds``), if any."""
+    pod_annotation: str
+    """The PVC annotation naming the worker pod, whose IP serves the metric."""
 
     def refusal(self, dv: dict[str, Any]) -> tuple[str, str] | None:
         """(reason, message) if this controller cannot serve the DataVolume at all."""
@@ -27,5 +31,3 @@ class Flow(Protocol):
 
     def worker_phase(self, annotations: dict[str, str], claim_name: str) -> tuple[str, Event] | None:
         """The DataVolume phase (and its event) the worker's state on the PVC implies, if any."""
-
-    def reports_progress(self) -> bool: ...

@@ -56,6 +56,8 @@ def source_annotations(kind: str, source: dict[str, Any]) -> dict[str, str]:
 
 class ImportFlow:
     component = "datavolume-import-controller"
+    progress_phase: str | None = "ImportInProgress"
+    pod_annotation = ann.IMPORT_POD_NAME
 
     def refusal(self, dv: dict[str, Any]) -> tuple[str, str] | None:
         kind, source = source_of(dv)
@@ -87,6 +89,3 @@ class ImportFlow:
         if phase in ("Pending", "Failed") or ann.IMPORT_POD_NAME in annotations:
             return "ImportScheduled", Event("Normal", "ImportScheduled", f"Import into {claim_name} scheduled")
         return None
-
-    def reports_progress(self) -> bool:
-        return True

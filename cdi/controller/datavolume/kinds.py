@@ -20,6 +20,8 @@ class UnsupportedFlow:
     run yet: the DataVolume stays Pending with a condition that says so, and no PVC is created."""
 
     component = "datavolume-controller"
+    progress_phase: str | None = None
+    pod_annotation = ""
 
     def refusal(self, dv: dict[str, Any]) -> tuple[str, str] | None:
         spec = dv.get("spec") or {}
@@ -33,9 +35,6 @@ class UnsupportedFlow:
 
     def worker_phase(self, annotations: dict[str, str], claim_name: str) -> tuple[str, Event] | None:
         return None
-
-    def reports_progress(self) -> bool:
-        return False
 
 
 def flow_for(dv: dict[str, Any], *, upload_configured: bool = True) -> Flow:

@@ -23,6 +23,9 @@ NOT_CONFIGURED = ("UploadNotConfigured",
 
 class UploadFlow:
     component = "datavolume-upload-controller"
+    progress_phase: str | None = "UploadReady"
+    """While the upload runs the server reports how far it got (CDI shows N/A for uploads)."""
+    pod_annotation = ann.UPLOAD_POD_NAME
 
     def __init__(self, configured: bool = True) -> None:
         self.configured = configured
@@ -49,6 +52,3 @@ class UploadFlow:
         if phase is not None or ann.UPLOAD_POD_NAME in annotations:
             return "UploadScheduled", Event("Normal", "UploadScheduled", f"Upload into {claim_name} scheduled")
         return None
-
-    def reports_progress(self) -> bool:
-        return False
