@@ -103,6 +103,7 @@ class UploadServer:
         return self.port
 
     async def stop(self) -> None:
+        await self.uploads.abort("the upload server stopped before the upload finished")
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

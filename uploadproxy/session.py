@@ -35,7 +35,7 @@ from importer.progress import Progress, ProgressEvent
 from importer.sources.upload import UploadSource
 
 from .channel import ByteChannel
-from .errors import UploadAbandoned, UploadAlreadyDone, UploadBusy
+from .errors import UploadInterrupted, UploadAbandoned, UploadAlreadyDone, UploadBusy
 from .settings import ServerSettings
 
 log = logging.getLogger(__name__)
@@ -135,6 +135,20 @@ class Uploads:
         run = loop.run_in_executor(None, self._import, session, loop)
         run.add_done_callback(lambda done: self._finish(session, done))
         return session
+
+    async def abort(self, why: str, timeout: float = 30.0) -> None:
+        """Stop a running or paused upload (the server is shutting down) and wait until its
+        import has given up and removed what it wrote: the import thread must not outlive the
+        server, waiting for bytes that will never come."""
+        session = self.session
+        if session is None or session.finished.done():
+            return
+        session.resume()
+        session.channel.fail(UploadInterrupted(why))
+        try:
+            await asyncio.wait_for(asyncio.shield(session.finished), timeout)
+        except Exception as error:  # the upload's own failure, now expected
+            log.info("upload %s stopped: %s", session.id, error)
 
     def find(self, upload_id: str) -> Session | None:
         session = self.session

@@ -44,6 +44,9 @@ class LoopThread:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
     def stop(self) -> None:
+        """Stop the loop, first waiting for its worker threads (imports run there): one still
+        busy would block the interpreter's exit forever, so it fails the session here instead."""
+        self.run(asyncio.wait_for(self.loop.shutdown_default_executor(), 30), timeout=60)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(10)
 

@@ -11,7 +11,9 @@ Behaviours under test:
   and resuming from it produces the exact image (no byte lost or doubled);
 - a paused upload not resumed within the timeout is abandoned: nothing left, HEAD 404, and the
   volume accepts a new upload; DELETE abandons at once;
-- a failed upload is reported to a later HEAD/PATCH with its status (checksum mismatch -> 400).
+- a failed upload is reported to a later HEAD/PATCH with its status (checksum mismatch -> 400);
+- stopping the server ends a paused upload's import at once (its thread must not outlive the
+  server waiting for bytes) and leaves nothing on the volume.
 """
 
 from __future__ import annotations
@@ -148,4 +150,18 @@ def test_failure_is_reported_later(upload_server: ServerFactory, pki: Pki, image
     assert client.head(upload_id).status_code == 400
     again = client.patch(upload_id, len(data), b"")
     assert again.status_code == 400 and "checksum mismatch" in again.text
+    assert handle.leftovers() == []
+
+
+def test_stopping_the_server_ends_a_paused_upload(upload_server: ServerFactory, pki: Pki, images: dict[str, Image],
+                                                  loop_thread: LoopThread) -> None:
+    handle = upload_server()
+    client = Client(pki, handle)
+    data = images["disk.raw"].path.read_bytes()
+    upload_id = client.create(len(data)).headers[paths.ID_HEADER]
+    assert client.patch(upload_id, 0, data[: 2 * MiB]).status_code == 204
+    session = handle.server.uploads.session
+    assert session is not None and not session.finished.done()
+    loop_thread.run(handle.server.stop(), timeout=60)
+    assert session.finished.done() and isinstance(session.finished.exception(), Exception)
     assert handle.leftovers() == []
