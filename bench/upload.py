@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
-import random
 import shutil
 import statistics
 import subprocess
@@ -34,27 +33,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.run import make_disk  # noqa: E402
 from tests.servers.pki import make_ca  # noqa: E402
 from tests.servers.ports import free_port, wait_listening  # noqa: E402
 from uploadproxy import tokens  # noqa: E402
 from uploadproxy.settings import PROXY_CLIENT_NAME  # noqa: E402
 
 MiB = 1 << 20
-
-
-def make_file(path: Path, size: int) -> None:
-    """Half data in 64 KiB extents at random places, half holes (zeros on the wire)."""
-    rng = random.Random(1)
-    extent = 64 * 1024
-    slots = size // extent
-    chosen = sorted(rng.sample(range(slots), slots // 2))
-    block = os.urandom(extent * 16)
-    with open(path, "wb") as out:
-        out.truncate(size)
-        for i, slot in enumerate(chosen):
-            start = (i * extent) % (len(block) - extent)
-            out.seek(slot * extent)
-            out.write(block[start:start + extent])
 
 
 def run_sink(port: int, cert: str, key: str) -> None:
@@ -176,7 +161,7 @@ def main() -> None:
 def run(work: Path, size: int, args: argparse.Namespace) -> None:
     print(f"generating a {size // MiB} MiB file in {work} ...", flush=True)
     source = work / "disk.raw"
-    make_file(source, size)
+    make_disk(source, size)
     bench = Bench(work, Pki(work / "pki"))
     token = tokens.issue(bench.pki.key, "bench", "disk", lifetime=24 * 3600)
     sink, sink_port = bench.start_sink()

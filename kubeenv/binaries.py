@@ -33,19 +33,20 @@ class Binaries:
 def ensure_binaries(timeout: float = 3600.0) -> Binaries:
     """Build the pinned binaries unless cached; ``CDI_KUBE_BIN`` points at a ready-made directory."""
     override = os.environ.get("CDI_KUBE_BIN")
-    directory = Path(override) if override else _run_build(timeout)
+    directory = Path(override) if override else run_build_script(BUILD_SCRIPT, timeout)
     missing = [c for c in COMPONENTS if not (directory / c).is_file()]
     if missing:
         raise FileNotFoundError(f"{directory} lacks {', '.join(missing)}")
     return Binaries(directory, _version(directory / "kube-apiserver"))
 
 
-def _run_build(timeout: float) -> Path:
+def run_build_script(script: Path, timeout: float) -> Path:
+    """Run one of the cached Go build scripts; the path it prints last is the answer."""
     env = dict(os.environ)
     if shutil.which("go", path=env.get("PATH")) is None:
         env["PATH"] = env.get("PATH", "") + os.pathsep + "/usr/local/go/bin"
     # stderr (progress) goes to our stderr so a first build is visibly busy; stdout is the answer
-    proc = subprocess.run([str(BUILD_SCRIPT)], stdout=subprocess.PIPE, text=True, env=env,
+    proc = subprocess.run([str(script)], stdout=subprocess.PIPE, text=True, env=env,
                           timeout=timeout, check=True)
     return Path(proc.stdout.strip().splitlines()[-1])
 

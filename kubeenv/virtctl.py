@@ -11,9 +11,9 @@ takes milliseconds, so callers just call :func:`ensure_virtctl`.
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 from pathlib import Path
+
+from .binaries import run_build_script
 
 REPO = Path(__file__).resolve().parents[1]
 BUILD_SCRIPT = REPO / "scripts" / "virtctl-build"
@@ -25,17 +25,7 @@ def ensure_virtctl(timeout: float = 3600.0) -> Path:
     ``CDI_VIRTCTL`` may point at a ready-made binary instead (then nothing is built).
     """
     override = os.environ.get("CDI_VIRTCTL")
-    binary = Path(override) if override else _run_build(timeout)
+    binary = Path(override) if override else run_build_script(BUILD_SCRIPT, timeout)
     if not (binary.is_file() and os.access(binary, os.X_OK)):
         raise FileNotFoundError(f"{binary} is not an executable virtctl")
     return binary
-
-
-def _run_build(timeout: float) -> Path:
-    env = dict(os.environ)
-    if shutil.which("go", path=env.get("PATH")) is None:
-        env["PATH"] = env.get("PATH", "") + os.pathsep + "/usr/local/go/bin"
-    # stderr (progress) goes to our stderr so a first build is visibly busy; stdout is the answer
-    proc = subprocess.run([str(BUILD_SCRIPT)], stdout=subprocess.PIPE, text=True, env=env,
-                          timeout=timeout, check=True)
-    return Path(proc.stdout.strip().splitlines()[-1])

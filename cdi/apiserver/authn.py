@@ -20,6 +20,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from uploadproxy.tls import peer_common_name
+
 from .frontproxy import FrontProxyConfig
 
 
@@ -36,20 +38,11 @@ class UserInfo:
     extra: dict[str, list[str]] = field(default_factory=dict)
 
 
-def common_name(peercert: dict[str, Any] | None) -> str | None:
-    """The CN of a verified peer certificate (``ssl`` only returns one when it verified)."""
-    for rdn in (peercert or {}).get("subject", ()):
-        for attribute, value in rdn:
-            if attribute == "commonName":
-                return str(value)
-    return None
-
-
 def check_front_proxy(peercert: dict[str, Any] | None, config: FrontProxyConfig) -> str:
     """The front proxy's CN, or :class:`Unauthenticated` if it is not the front proxy."""
     if not peercert:
         raise Unauthenticated("a client certificate signed by the front-proxy (request-header) CA is required")
-    name = common_name(peercert)
+    name = peer_common_name(peercert)  # ssl only returns a certificate it verified
     if not config.name_allowed(name):
         raise Unauthenticated(f"client certificate CN {name!r} is not one of the allowed front-proxy names "
                               f"{list(config.allowed_names)}")

@@ -154,24 +154,17 @@ def _volumes(pvc: dict[str, Any], scratch: str | None) -> tuple[list[dict[str, A
     return volumes, container
 
 
-def render(pvc: dict[str, Any], *, owner_uid: str, config: ControllerConfig, settings: ImporterSettings,
-           scratch: str | None) -> dict[str, Any]:
-    """The importer pod for ``pvc``; ``scratch`` names a scratch PVC to mount at /scratch."""
-    meta = pvc["metadata"]
-    annotations = meta.get("annotations") or {}
-    volumes, mounts = _volumes(pvc, scratch)
-    pod_annotations = dict(ann.POD_PASSTHROUGH_DEFAULTS)
-    pod_annotations.update({k: v for k, v in annotations.items() if k in ann.POD_PASSTHROUGH})
-    container: dict[str, Any] = {
-        "name": "importer", "image": settings.image, "imagePullPolicy": settings.pull_policy,
-        "env": _env(pvc, owner_uid, config, settings),
-        "ports": [{"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}],
-        "resources": config.pod_resources,
-        "terminationMessagePath": "/dev/termination-log",
-        "terminationMessagePolicy": "FallbackToLogsOnError",
-        "securityContext": copy.deepcopy(CONTAINER_SECURITY),
-        **mounts,
-    }
+def passthrough_annotations(annotations: dict[str, str]) -> dict[str, str]:
+    """What a worker pod inherits from its PVC (network, mesh sidecars), over CDI's defaults."""
+    out = dict(ann.POD_PASSTHROUGH_DEFAULTS)
+    out.update({k: v for k, v in annotations.items() if k in ann.POD_PASSTHROUGH})
+    return out
+
+
+def worker_pod_spec(annotations: dict[str, str], config: ControllerConfig, container: dict[str, Any],
+                    volumes: list[dict[str, Any]]) -> dict[str, Any]:
+    """The pod spec every worker (importer, upload server) shares: retried on failure, no service
+    links, the volume group, and the PVC's priority class and service account."""
     spec: dict[str, Any] = {
         "restartPolicy": "OnFailure", "enableServiceLinks": False, "containers": [container],
         "volumes": volumes, "securityContext": {"fsGroup": WORKER_UID},
@@ -182,12 +175,32 @@ def render(pvc: dict[str, Any], *, owner_uid: str, config: ControllerConfig, set
         spec["serviceAccountName"] = annotations[ann.POD_SERVICE_ACCOUNT]
     if config.image_pull_secrets:
         spec["imagePullSecrets"] = config.image_pull_secrets
+    return spec
+
+
+def render(pvc: dict[str, Any], *, owner_uid: str, config: ControllerConfig, settings: ImporterSettings,
+           scratch: str | None) -> dict[str, Any]:
+    """The importer pod for ``pvc``; ``scratch`` names a scratch PVC to mount at /scratch."""
+    meta = pvc["metadata"]
+    annotations = meta.get("annotations") or {}
+    volumes, mounts = _volumes(pvc, scratch)
+    container: dict[str, Any] = {
+        "name": "importer", "image": settings.image, "imagePullPolicy": settings.pull_policy,
+        "env": _env(pvc, owner_uid, config, settings),
+        "ports": [{"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}],
+        "resources": config.pod_resources,
+        "terminationMessagePath": "/dev/termination-log",
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": copy.deepcopy(CONTAINER_SECURITY),
+        **mounts,
+    }
+    spec = worker_pod_spec(annotations, config, container, volumes)
     return {
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {
             "name": name_for("importer", meta["name"]), "namespace": meta["namespace"],
             "labels": {ann.APP_LABEL: ann.APP, ann.COMPONENT_LABEL: "importer", ann.PROMETHEUS_LABEL: "true"},
-            "annotations": pod_annotations,
+            "annotations": passthrough_annotations(annotations),
             "ownerReferences": [{"apiVersion": "v1", "kind": "PersistentVolumeClaim", "name": meta["name"],
                                  "uid": meta["uid"], "controller": True, "blockOwnerDeletion": True}],
         },

@@ -29,7 +29,8 @@ from uploadproxy.resolver import service_name
 from . import annotations as ann
 from .certs import CertificatePem, Signer
 from .config import ControllerConfig
-from .importer_pod import BLOCK_PATH, CONTAINER_SECURITY, DATA_PATH, DATA_VOLUME, WORKER_UID, is_block
+from .importer_pod import (BLOCK_PATH, CONTAINER_SECURITY, DATA_PATH, DATA_VOLUME, is_block, passthrough_annotations,
+                           worker_pod_spec)
 
 PORT = 8443
 TLS_PATH = "/etc/cdi-upload"
@@ -150,22 +151,11 @@ def render_pod(pvc: dict[str, Any], config: ControllerConfig, settings: UploadSe
         container["volumeDevices"] = [{"name": DATA_VOLUME, "devicePath": BLOCK_PATH}]
     else:
         container["volumeMounts"].append({"name": DATA_VOLUME, "mountPath": DATA_PATH})
-    pod_annotations = dict(ann.POD_PASSTHROUGH_DEFAULTS)
-    pod_annotations.update({k: v for k, v in annotations.items() if k in ann.POD_PASSTHROUGH})
     body_meta = _owned_by_claim(pvc, name)
     body_meta["labels"][SERVICE_LABEL] = name
-    body_meta["annotations"] = pod_annotations
-    spec: dict[str, Any] = {
-        "restartPolicy": "OnFailure", "enableServiceLinks": False, "containers": [container],
-        "volumes": [{"name": DATA_VOLUME, "persistentVolumeClaim": {"claimName": meta["name"]}},
-                    {"name": TLS_VOLUME, "secret": {"secretName": secret_name(pvc), "defaultMode": 0o440}},
-                    {"name": SCRATCH_VOLUME, "emptyDir": _scratch_limit(pvc)}],
-        "securityContext": {"fsGroup": WORKER_UID},
-    }
-    if annotations.get(ann.POD_PRIORITY_CLASS):
-        spec["priorityClassName"] = annotations[ann.POD_PRIORITY_CLASS]
-    if annotations.get(ann.POD_SERVICE_ACCOUNT):
-        spec["serviceAccountName"] = annotations[ann.POD_SERVICE_ACCOUNT]
-    if config.image_pull_secrets:
-        spec["imagePullSecrets"] = config.image_pull_secrets
-    return {"apiVersion": "v1", "kind": "Pod", "metadata": body_meta, "spec": spec}
+    body_meta["annotations"] = passthrough_annotations(annotations)
+    volumes = [{"name": DATA_VOLUME, "persistentVolumeClaim": {"claimName": meta["name"]}},
+               {"name": TLS_VOLUME, "secret": {"secretName": secret_name(pvc), "defaultMode": 0o440}},
+               {"name": SCRATCH_VOLUME, "emptyDir": _scratch_limit(pvc)}]
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": body_meta,
+            "spec": worker_pod_spec(annotations, config, container, volumes)}

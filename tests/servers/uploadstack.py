@@ -13,12 +13,12 @@ certificate still checked against the Service's name).
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from cdi.controller.certs import CertificatePem, Signer, make_ca
+from kubeenv.process import Process
 from tests.servers.pki import TestCA
 from tests.servers.ports import free_port, wait_listening
 from uploadproxy.settings import PROXY_CLIENT_NAME
@@ -74,7 +74,7 @@ class ProxyProcess:
         self.log_path = log
         self.port = port or free_port()
         self.address = address
-        self.process: subprocess.Popen[bytes] | None = None
+        self.process: Process | None = None
 
     @property
     def url(self) -> str:
@@ -88,20 +88,14 @@ class ProxyProcess:
                "SERVER_CA_FILE": str(self.pki.server_ca_cert),
                "UPLOADPROXY_ADDRESS": self.address, "UPLOADPROXY_PORT": str(self.port)}
         env.pop("UPLOAD_SERVERS", None)
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen([sys.executable, "-m", "uploadproxy.proxy"], cwd=ROOT, env=env,
-                                            stdout=log, stderr=subprocess.STDOUT)
+        self.process = Process.spawn("cdi-uploadproxy", [sys.executable, "-m", "uploadproxy.proxy"], self.log_path,
+                                     die_with_parent=True, env=env, cwd=ROOT)
         wait_listening(self.port, host="127.0.0.1" if self.address in ("0.0.0.0", "127.0.0.1") else self.address)
         return self
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process is not None:
+            self.process.stop(grace=20)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
