@@ -29,7 +29,7 @@ from typing import Any
 
 from kubeenv.binaries import Binaries, ensure_binaries
 from kubeenv.kubeconfig import write_kubeconfig
-from kubeenv.pki import ClusterPKI, make_cluster_pki
+from kubeenv.pki import CertPair, ClusterPKI, make_cluster_pki
 from kubeenv.process import Process
 
 SERVICE_CIDR = "10.0.0.0/24"
@@ -83,6 +83,10 @@ class ControlPlane:
         """Stop every component, newest first, so nothing is left running."""
         for process in reversed(self.processes):
             process.stop()
+
+    def pki_pair(self, name: str) -> CertPair:
+        """One of the identities :func:`make_cluster_pki` wrote (``kube-proxy``, ``admin``, ...)."""
+        return CertPair(self.ca.parent / f"{name}.crt", self.ca.parent / f"{name}.key")
 
     def dead(self) -> list[Process]:
         """The components that have exited (an empty list while healthy)."""
@@ -160,6 +164,11 @@ class ControlPlane:
             f"--proxy-client-cert-file={pki.front_proxy_client.cert}",
             f"--proxy-client-key-file={pki.front_proxy_client.key}",
             "--enable-aggregator-routing=true",
+            # kubectl logs/exec/port-forward: the apiserver authenticates to kubelet, whose webhook
+            # asks back whether this user may (the binding made in _bind_kubelet_client)
+            f"--kubelet-client-certificate={pki.apiserver_kubelet_client.cert}",
+            f"--kubelet-client-key={pki.apiserver_kubelet_client.key}",
+            "--kubelet-preferred-address-types=InternalIP",
             "--profiling=false", "--v=1",
         ], die_with_parent)
         self._wait(lambda: self._get("/readyz") == 200, "kube-apiserver /readyz", deadline)
@@ -261,6 +270,14 @@ def _host_ips(bind_address: str) -> tuple[str, ...]:
     if _unspecified(bind_address):
         return tuple(_primary_ips())
     return () if ipaddress.ip_address(bind_address).is_loopback else (bind_address,)
+
+
+def primary_ip() -> str:
+    """The host's address on its default route: a node's InternalIP, reachable from its pods."""
+    ips = _primary_ips()
+    if not ips:
+        raise ControlPlaneError("this host has no default route, so no address pods could reach it on")
+    return ips[0]
 
 
 def _primary_ips() -> list[str]:

@@ -11,6 +11,11 @@ control plane (ECDSA P-256: it takes milliseconds, where RSA would take seconds)
   authentication, so an aggregated API server can be registered later.
 - ``sa.key`` / ``sa.pub``: signs and verifies service-account tokens.
 - ``admin`` (O=system:masters), ``controller-manager`` and ``scheduler``: client identities.
+- ``apiserver-kubelet-client``: the apiserver's identity towards kubelet (``kubectl logs/exec``),
+  authorized by kubelet's webhook through a binding to ``system:kubelet-api-admin``.
+- ``kube-proxy`` (``system:kube-proxy``, bound to ``system:node-proxier`` by default RBAC);
+  a node's ``kubelet`` client (``system:node:<name>``) and serving certs come from
+  :func:`issue_node_certs`.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 VALIDITY = datetime.timedelta(days=30)
 SERVICE_IP = "10.0.0.1"
+KUBELET_CLIENT_USER = "kube-apiserver-kubelet-client"
 API_DNS_NAMES = ("localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc",
                  "kubernetes.default.svc.cluster.local")
 
@@ -78,6 +84,8 @@ class ClusterPKI:
     admin: CertPair
     controller_manager: CertPair
     scheduler: CertPair
+    apiserver_kubelet_client: CertPair
+    kube_proxy: CertPair
 
 
 def make_authority(directory: Path, name: str) -> Authority:
@@ -114,7 +122,36 @@ def make_cluster_pki(directory: Path, extra_ips: tuple[str, ...] = (),
         admin=ca.issue(directory, "admin", "kubernetes-admin", organizations=("system:masters",)),
         controller_manager=ca.issue(directory, "controller-manager", "system:kube-controller-manager"),
         scheduler=ca.issue(directory, "scheduler", "system:kube-scheduler"),
+        apiserver_kubelet_client=ca.issue(directory, "apiserver-kubelet-client", KUBELET_CLIENT_USER),
+        kube_proxy=ca.issue(directory, "kube-proxy", "system:kube-proxy"),
     )
+
+
+@dataclass(frozen=True)
+class NodeCerts:
+    """A kubelet's client identity (Node authorizer: ``system:node:<name>``) and serving cert."""
+
+    client: CertPair
+    serving: CertPair
+
+
+def issue_node_certs(directory: Path, ca_pair: CertPair, node: str, ips: tuple[str, ...]) -> NodeCerts:
+    """Sign a kubelet's certificates with the cluster CA read back from ``ca_pair``."""
+    authority = load_authority(ca_pair)
+    directory.mkdir(parents=True, exist_ok=True)
+    return NodeCerts(
+        client=authority.issue(directory, "kubelet-client", f"system:node:{node}", organizations=("system:nodes",)),
+        serving=authority.issue(directory, "kubelet-serving", node, server=True, dns=(node, "localhost"),
+                                ips=("127.0.0.1",) + ips))
+
+
+def load_authority(pair: CertPair) -> Authority:
+    """An :class:`Authority` from its files, to issue more certificates later (a node's)."""
+    cert = x509.load_pem_x509_certificate(pair.cert.read_bytes())
+    key = serialization.load_pem_private_key(pair.key.read_bytes(), password=None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise TypeError(f"{pair.key} is not an EC key")
+    return Authority(pair, cert, key)
 
 
 def _builder(subject: x509.Name, issuer: x509.Name, key: ec.EllipticCurvePrivateKey) -> x509.CertificateBuilder:
