@@ -9,6 +9,7 @@ namespace's Secret and no pod can pose as another volume's server.
 from __future__ import annotations
 
 import datetime
+import ipaddress
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -54,6 +55,14 @@ def make_ca(common_name: str, lifetime: datetime.timedelta = datetime.timedelta(
     return CertificatePem(cert.public_bytes(serialization.Encoding.PEM), _key_pem(key))
 
 
+def _san(name: str) -> x509.GeneralName:
+    """A DNS name, or an IP address SAN when ``name`` is one (a NodePort reached by address)."""
+    try:
+        return x509.IPAddress(ipaddress.ip_address(name))
+    except ValueError:
+        return x509.DNSName(name)
+
+
 class Signer:
     """A CA that issues leaf certificates."""
 
@@ -67,7 +76,7 @@ class Signer:
 
     def issue(self, common_name: str, *, dns_names: tuple[str, ...] = (), client: bool = False,
               lifetime: datetime.timedelta = LIFETIME) -> CertificatePem:
-        """A serving certificate for ``dns_names`` (or, ``client=True``, a client identity)."""
+        """A serving certificate for ``dns_names`` (DNS names or IP addresses), or (``client=True``) a client identity."""
         key = ec.generate_private_key(ec.SECP256R1())
         usage = ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH
         builder = (_builder(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]), self.cert.subject,
@@ -75,7 +84,7 @@ class Signer:
                    .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
                    .add_extension(x509.ExtendedKeyUsage([usage]), critical=False))
         if dns_names:
-            builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName(d) for d in dns_names]),
+            builder = builder.add_extension(x509.SubjectAlternativeName([_san(d) for d in dns_names]),
                                             critical=False)
         cert = builder.sign(self.key, hashes.SHA256())
         return CertificatePem(cert.public_bytes(serialization.Encoding.PEM), _key_pem(key))
