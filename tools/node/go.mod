@@ -1,7 +1,8 @@
 // The real node's CSI sidecars and the pod sandbox program, built by scripts/node-build from
 // their Go modules through the Go module proxy: external-provisioner, external-resizer,
 // external-snapshotter's csi-snapshotter and snapshot-controller (its client module also ships
-// the VolumeSnapshot CRDs, copied next to the binaries), and ./pause. The three sidecar releases
+// the VolumeSnapshot CRDs, copied next to the binaries), ./pause and ./registrar (our own
+// node-driver-registrar: the upstream module is not served). The three sidecar releases
 // are picked to agree on one Kubernetes library release (k8s.io/* v0.36.1), so one module holds
 // them without replace directives. CoreDNS is a module of its own (./coredns).
 module cdi-py/tools/node
@@ -9,10 +10,13 @@ module cdi-py/tools/node
 go 1.26.0
 
 require (
+	github.com/container-storage-interface/spec v1.12.0
 	github.com/kubernetes-csi/external-provisioner/v6 v6.3.0
 	github.com/kubernetes-csi/external-resizer/v2 v2.2.0
 	github.com/kubernetes-csi/external-snapshotter/client/v8 v8.6.0
 	github.com/kubernetes-csi/external-snapshotter/v8 v8.6.0
+	google.golang.org/grpc v1.81.1
+	k8s.io/kubelet v0.36.1
 )
 
 require (
@@ -23,7 +27,6 @@ require (
 	github.com/blang/semver/v4 v4.0.0 // indirect
 	github.com/cenkalti/backoff/v5 v5.0.3 // indirect
 	github.com/cespare/xxhash/v2 v2.3.0 // indirect
-	github.com/container-storage-interface/spec v1.12.0 // indirect
 	github.com/coreos/go-semver v0.3.1 // indirect
 	github.com/coreos/go-systemd/v22 v22.7.0 // indirect
 	github.com/davecgh/go-spew v1.1.2-0.20180830191138-d8f796af33cc // indirect
@@ -104,7 +107,6 @@ require (
 	golang.org/x/tools v0.45.0 // indirect
 	google.golang.org/genproto/googleapis/api v0.0.0-20260526163538-3dc84a4a5aaa // indirect
 	google.golang.org/genproto/googleapis/rpc v0.0.0-20260526163538-3dc84a4a5aaa // indirect
-	google.golang.org/grpc v1.81.1 // indirect
 	google.golang.org/protobuf v1.36.12-0.20260120151049-f2248ac996af // indirect
 	gopkg.in/evanphx/json-patch.v4 v4.13.0 // indirect
 	gopkg.in/inf.v0 v0.9.1 // indirect
