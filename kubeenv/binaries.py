@@ -16,6 +16,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 BUILD_SCRIPT = REPO / "scripts" / "kube-build"
+NODE_BUILD_SCRIPT = REPO / "scripts" / "node-build"
+NODE_COMPONENTS = ("pause", "coredns", "hostpathplugin", "csi-node-driver-registrar", "csi-provisioner",
+                   "csi-resizer", "csi-snapshotter", "snapshot-controller")
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "kubelet",
               "kube-proxy", "crictl")
 
@@ -39,6 +42,15 @@ def ensure_binaries(timeout: float = 3600.0) -> Binaries:
     if missing:
         raise FileNotFoundError(f"{directory} lacks {', '.join(missing)}")
     return Binaries(directory, _version(directory / "kube-apiserver"))
+
+
+def ensure_node_binaries(timeout: float = 3600.0) -> Path:
+    """The node's add-ons (``scripts/node-build``): CoreDNS, pause, the CSI driver and sidecars."""
+    directory = run_build_script(NODE_BUILD_SCRIPT, timeout)
+    missing = [c for c in NODE_COMPONENTS if not (directory / c).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{directory} lacks {', '.join(missing)}")
+    return directory
 
 
 def run_build_script(script: Path, timeout: float) -> Path:

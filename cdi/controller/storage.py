@@ -52,10 +52,6 @@ FILESYSTEM = "Filesystem"
 BLOCK = "Block"
 RWO, ROX, RWX = "ReadWriteOnce", "ReadOnlyMany", "ReadWriteMany"
 
-KUBEENV_PROVISIONER = "kubeenv.cdi.kubevirt.io/local"
-"""The test cluster's provisioner (``kubeenv.nodeagent.storage.PROVISIONER``; repeated here so
-``cdi`` does not import the test environment): plain directories or sparse files on the node."""
-
 CLONE_STRATEGY_ANNOTATION = f"{ann.PREFIX}/clone-strategy"
 """Per-StorageClass clone strategy override (not in ``annotations.py``, defined here)."""
 
@@ -84,8 +80,6 @@ CAPABILITIES: dict[str, list[tuple[str, str]]] = {
     "cinder.csi.openstack.org": _RWO_BOTH,
     "csi.vsphere.vmware.com": _RWO_BOTH,
     "driver.longhorn.io": [(RWO, BLOCK)],
-    # ours: Filesystem first, so a DataVolume that names no volume mode gets a directory
-    KUBEENV_PROVISIONER: [(RWO, FILESYSTEM), (RWO, BLOCK)],
 }
 """(access mode, volume mode) pairs per provisioner key, most preferred first."""
 

@@ -9,7 +9,8 @@ The settings that matter on these machines (see the README's node section):
 - a private CNI ``conf_dir``: containerd takes the first file in its directory, and
   ``/etc/cni/net.d`` may hold buildah's;
 - ``sandbox_image`` is our pause image from the loopback registry (there is no registry.k8s.io);
-- ``config_path``: ``certs.d/<registry>/hosts.toml`` lets it pull over plain HTTP from loopback.
+- ``config_path``: ``certs.d/<registry>/hosts.toml`` lets it pull over plain HTTP from loopback;
+- ``device_ownership_from_security_context``: block devices owned by the pod's user, not root.
 """
 
 from __future__ import annotations
@@ -58,6 +59,9 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.
 [{cri}]
   sandbox_image = "{pause_image}"
   restrict_oom_score_adj = true
+  # a Block volume's device belongs to the pod's runAsUser/fsGroup, as KubeVirt and CDI ask of
+  # containerd (the importer runs as 107 and writes the device)
+  device_ownership_from_security_context = true
   enable_selinux = false
   max_container_log_line_size = 16384
 

@@ -28,7 +28,7 @@ import yaml
 from kubeenv.binaries import Binaries
 from kubeenv.controlplane import ControlPlane, primary_ip
 from kubeenv.kubeconfig import write_kubeconfig
-from kubeenv.node import addons, cni, containerd, kubelet, proxy, teardown
+from kubeenv.node import addons, cni, containerd, csi, kubelet, proxy, teardown
 from kubeenv.node.layout import NODE_NAME, NodeLayout
 from kubeenv.pki import issue_node_certs
 from kubeenv.process import Process
@@ -58,8 +58,8 @@ class Node:
     processes: list[Process] = field(default_factory=list)
 
     @classmethod
-    def start(cls, plane: ControlPlane, root: Path, binaries: Binaries, images: dict[str, str], registry: str,
-              *, die_with_parent: bool = True, image_cache: Path = DEFAULT_IMAGE_CACHE,
+    def start(cls, plane: ControlPlane, root: Path, binaries: Binaries, addons_dir: Path, images: dict[str, str],
+              registry: str, *, die_with_parent: bool = True, image_cache: Path = DEFAULT_IMAGE_CACHE,
               timeout: float = 180.0) -> Node:
         """Start every component; return once the Node is Ready and CoreDNS answers."""
         layout = NodeLayout(root.resolve(), image_cache)
@@ -68,14 +68,14 @@ class Node:
                    binaries.path("crictl"), binaries.path("kube-proxy"), cni.enable_forwarding(),
                    teardown.pod_netns(set()), sorted(teardown.nft_tables()))
         try:
-            node._boot(plane, binaries, images, registry, die_with_parent, time.monotonic() + timeout)
+            node._boot(plane, binaries, addons_dir, images, registry, die_with_parent, time.monotonic() + timeout)
         except BaseException:
             node.stop()
             raise
         return node
 
-    def _boot(self, plane: ControlPlane, binaries: Binaries, images: dict[str, str], registry: str,
-              die_with_parent: bool, deadline: float) -> None:
+    def _boot(self, plane: ControlPlane, binaries: Binaries, addons_dir: Path, images: dict[str, str],
+              registry: str, die_with_parent: bool, deadline: float) -> None:
         layout = self.layout
         containerd.write_config(layout, images["pause"], registry)
         cni.write_config(layout)
@@ -91,10 +91,23 @@ class Node:
                                             plane.pki_pair("kube-proxy"), "system:kube-proxy")
         proxy_config = proxy.write_config(layout, proxy_kubeconfig, self.name, self.node_ip)
         self._spawn("kube-proxy", proxy.argv(binaries.path("kube-proxy"), proxy_config), die_with_parent)
-        self.apply(addons.kubelet_api_access() + addons.coredns(images["coredns"]))
+        self.apply(addons.kubelet_api_access() + addons.coredns(images["coredns"]) + csi.crds(addons_dir))
         self._wait(self._ready, f"node {self.name} Ready", deadline)
+        self._start_csi(addons_dir, plane.kubeconfig, die_with_parent, deadline)
         self._wait(lambda: self._kubectl("-n", "kube-system", "rollout", "status", "deployment/coredns",
                                          "--timeout=5s").returncode == 0, "CoreDNS ready", deadline)
+
+    def _start_csi(self, addons_dir: Path, kubeconfig: Path, die_with_parent: bool, deadline: float) -> None:
+        self.layout.csi_dir.mkdir(parents=True, exist_ok=True)
+        csi.socket(self.layout).parent.mkdir(parents=True, exist_ok=True)
+        for name, argv in csi.commands(addons_dir, self.layout, self.name, kubeconfig).items():
+            self._spawn(name, argv, die_with_parent)
+            if name == "hostpathplugin":
+                self._wait(csi.socket(self.layout).exists, "the CSI driver's socket", deadline)
+        self._wait(lambda: self._kubectl("get", "csinode", self.name, "-o",
+                                         "jsonpath={.spec.drivers[*].name}").stdout.strip() == csi.DRIVER,
+                   "the CSI driver registered with kubelet", deadline)
+        self.apply(csi.objects())
 
     # -- using it ------------------------------------------------------------------------------
 

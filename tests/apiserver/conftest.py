@@ -18,7 +18,7 @@ from kubernetes import client
 
 from cdi.controller import manifests
 from kubeenv.controlplane import ControlPlane
-from kubeenv.nodeagent import NodeAgent
+from kubeenv.node import Node
 from tests.kube.fixtures import wait_for
 from tests.servers.token_api import TokenApi, write_token_kubeconfig
 
@@ -34,9 +34,9 @@ class User:
 
 
 @pytest.fixture(scope="package")
-def token_api(kube: client.ApiClient, control_plane: ControlPlane, node_agent: NodeAgent,
+def token_api(kube: client.ApiClient, control_plane: ControlPlane, node: Node,
               tmp_path_factory: pytest.TempPathFactory) -> Iterator[TokenApi]:
-    with TokenApi.start(kube, control_plane, node_agent.node_ip, tmp_path_factory.mktemp("token-api")) as api:
+    with TokenApi.start(kube, control_plane, node.node_ip, tmp_path_factory.mktemp("token-api")) as api:
         yield api
 
 

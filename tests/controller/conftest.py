@@ -1,176 +1,184 @@
-"""The controller under test: the real ``python -m cdi.controller`` process, against the real
-control plane and node agent, with the CRDs and ``deploy/`` applied and the controller logged in
-as the service account ``deploy/`` creates (so its RBAC is proved sufficient by every test).
+"""The product under test, deployed as a user deploys it: ``python -m cdi.install`` applies the CRDs
+and ``deploy/`` with our images (built from our Dockerfile and pulled by containerd), makes the
+Secrets, fills the APIService's CA and exposes the upload proxy on a NodePort. The controller,
+cdi-apiserver and the upload proxy run as pods under the ``restricted`` Pod Security level with
+deploy/'s RBAC; every importer and upload server is a pod from our image on the real node.
 
-Importer pods run the project's importer (image ``cdi-py-importer``, see the node agent's image
-table) and fetch from an nginx listening on the node IP, where pods reach the host.
+Tests reach the upload proxy at ``https://<node IP>:<NodePort>`` trusting the installer's CA, read
+the components' logs through ``kubectl logs`` (for their failure messages), and restart the
+controller by deleting its pod. At the end of this package the Deployments and the APIService are
+removed, so later tests (tests/kube writes DataVolume statuses by hand) see no controller.
 """
 
 from __future__ import annotations
 
-import os
+import base64
 import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from cryptography.hazmat.primitives.asymmetric import rsa
-from kubernetes import client
+from kubernetes import client, config
 
+from cdi.install import pki as install_pki
+from kubeenv.cluster import Cluster
 from kubeenv.controlplane import ControlPlane
-from kubeenv.nodeagent import NodeAgent
+from kubeenv.node import Node, csi
+from tests.controller import dvs
 from tests.kube.fixtures import make_namespace
 from tests.kube.fixtures import wait_for as poll
 from tests.servers.images import Image
 from tests.servers.nginx import Nginx, start_nginx
 from tests.servers.pki import TestCA
-from tests.servers.ports import free_port
-from tests.servers.token_api import TokenApi
-from tests.servers.uploadstack import ProxyProcess, UploadPki, make_upload_pki
 from uploadproxy import tokens
 
 ROOT = Path(__file__).resolve().parents[2]
 GROUP, VERSION = "cdi.kubevirt.io", "v1beta1"
-SERVICE_ACCOUNT = ("cdi", "cdi-py-controller")
+NAMESPACE = "cdi"
+NODE_PORT = 31443
 CONTROLLER_ENV = {
-    "IMPORTER_IMAGE": "cdi-py-importer",
     # fail fast in tests: short retry budgets inside the importer and across pod restarts
     "IMPORTER_EXTRA_ENV": "IMPORTER_RETRY_ATTEMPTS=4",
     "IMPORT_MAX_ATTEMPTS": "2",
 }
+DEPLOYMENTS = ("cdi-py-controller", "cdi-apiserver", "cdi-uploadproxy")
 
 
-def kubectl(plane: ControlPlane, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([str(plane.kubectl), "--kubeconfig", str(plane.kubeconfig), *args],
-                          capture_output=True, text=True, timeout=120)
+def kubectl(plane: ControlPlane, *args: str, check: bool = True, stdin: str | None = None,
+            timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([str(plane.kubectl), "--kubeconfig", str(plane.kubeconfig), *args], input=stdin,
+                          capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"kubectl {' '.join(args)} failed: {proc.stderr}")
     return proc
 
 
-def service_account_kubeconfig(plane: ControlPlane, core: client.CoreV1Api, path: Path) -> Path:
-    """A kubeconfig holding a TokenRequest token of the controller's service account."""
-    namespace, name = SERVICE_ACCOUNT
-    token = core.create_namespaced_service_account_token(
-        name, namespace, {"spec": {"expirationSeconds": 24 * 3600}}).status.token
-    admin = yaml.safe_load(plane.kubeconfig.read_text())
-    cluster = admin["clusters"][0]
-    path.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "clusters": [cluster],
-        "users": [{"name": "controller", "user": {"token": token}}],
-        "contexts": [{"name": "controller", "context": {"cluster": cluster["name"], "user": "controller"}}],
-        "current-context": "controller"}))
-    return path
+@dataclass(frozen=True)
+class Installation:
+    """What the installer made: where the proxy is and the CA that clients trust for it."""
+
+    plane: ControlPlane
+    proxy_url: str
+    proxy_ca: Path
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.plane.kubeconfig
 
 
-class ControllerProcess:
-    """``python -m cdi.controller`` as a child process that a test may kill and restart."""
+class Deployed:
+    """One of the product's Deployments: its logs, and a restart by deleting its pod."""
 
-    def __init__(self, kubeconfig: Path, log: Path, env: dict[str, str] | None = None) -> None:
-        self.kubeconfig = kubeconfig
-        self.log_path = log
-        self.env = env or {}
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> ControllerProcess:
-        env = {**os.environ, **CONTROLLER_ENV, **self.env, "PYTHONPATH": str(ROOT)}
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen([sys.executable, "-m", "cdi.controller", "--kubeconfig",
-                                             str(self.kubeconfig), "--standalone", "-A"],
-                                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-        return self
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
+    def __init__(self, plane: ControlPlane, name: str) -> None:
+        self.plane, self.name = plane, name
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+        return kubectl(self.plane, "logs", "-n", NAMESPACE, f"deployment/{self.name}", "--tail=400",
+                       check=False).stdout
+
+    def pod(self) -> str:
+        return kubectl(self.plane, "get", "pods", "-n", NAMESPACE, "-l", f"app.kubernetes.io/name={self.name}",
+                       "-o", "jsonpath={.items[0].metadata.name}").stdout
+
+    def restart(self) -> None:
+        """Delete the pod (what a node failure or an upgrade does) and wait for its replacement."""
+        old = self.pod()
+        kubectl(self.plane, "delete", "pod", "-n", NAMESPACE, old, "--wait=true", "--timeout=60s")
+        kubectl(self.plane, "rollout", "status", "-n", NAMESPACE, f"deployment/{self.name}", "--timeout=120s")
+        assert self.pod() != old
 
 
-@pytest.fixture(scope="session")
-def installed(control_plane: ControlPlane) -> ControlPlane:
-    kubectl(control_plane, "apply", "-f", str(ROOT / "crds"))
-    kubectl(control_plane, "wait", "--for=condition=Established", "--timeout=60s", "-f", str(ROOT / "crds"))
-    kubectl(control_plane, "apply", "-f", str(ROOT / "deploy"))
-    # the Deployments are not run here (no images on this node): the processes are. The shipped
-    # APIService points at a server that never runs, which would break discovery (and namespace
-    # deletion) for everyone: the upload tests register their own (token_api).
-    kubectl(control_plane, "delete", "deployment", "-n", "cdi", "cdi-py-controller", "cdi-apiserver", "cdi-uploadproxy",
-            "--ignore-not-found")
-    kubectl(control_plane, "delete", "apiservice", "v1beta1.upload.cdi.kubevirt.io", "--ignore-not-found")
-    return control_plane
+class Controller(Deployed):
+    pass
 
 
-@pytest.fixture(scope="session")
-def upload_pki(session_dir: Path, test_ca: TestCA, node_agent: NodeAgent) -> UploadPki:
-    return make_upload_pki(session_dir / "upload-pki", test_ca, (node_agent.node_ip,))
-
-
-@pytest.fixture(scope="session")
-def proxy_port() -> int:
-    """Chosen before the controller starts: it publishes the proxy's URL in CDIConfig."""
-    return free_port()
+class UploadProxy(Deployed):
+    def __init__(self, plane: ControlPlane, url: str) -> None:
+        super().__init__(plane, "cdi-uploadproxy")
+        self.url = url
 
 
 @pytest.fixture(scope="package")
-def controller(installed: ControlPlane, kube: client.ApiClient, node_agent: NodeAgent, upload_pki: UploadPki,
-               proxy_port: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControllerProcess]:
-    """Stopped when this package's tests end: it is cluster-wide, and other tests (tests/kube)
-    write DataVolume statuses by hand."""
-    workdir = tmp_path_factory.mktemp("controller")
-    kubeconfig = service_account_kubeconfig(installed, client.CoreV1Api(kube), workdir / "kubeconfig")
-    env = {**upload_pki.controller_env(), "UPLOADSERVER_IMAGE": "cdi-py-uploadserver",
-           "UPLOADPROXY_URL": f"https://127.0.0.1:{proxy_port}"}
-    process = ControllerProcess(kubeconfig, workdir / "controller.log", env).start()
-    yield process
-    process.stop()
+def installed(cluster: Cluster, node: Node, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Installation]:
+    workdir = tmp_path_factory.mktemp("install")
+    plane = cluster.plane
+    url = f"https://{node.node_ip}:{NODE_PORT}"
+    argv = [sys.executable, "-m", "cdi.install", "--kubeconfig", str(plane.kubeconfig),
+            *[f"--image={c}={cluster.images[c]}" for c in ("controller", "importer", "uploadserver")],
+            f"--uploadproxy-nodeport={NODE_PORT}", f"--uploadproxy-name={node.node_ip}", f"--uploadproxy-url={url}",
+            *[f"--controller-env={k}={v}" for k, v in CONTROLLER_ENV.items()],
+            f"--ca-out={workdir / 'proxy-ca.crt'}", "--wait=240"]
+    proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    dvs.use_csi_state(csi.state_dir(node.layout))
+    describe_storage(client.CustomObjectsApi(config.new_client_from_config(str(plane.kubeconfig))))
+    yield Installation(plane, url, workdir / "proxy-ca.crt")
+    for name in DEPLOYMENTS:
+        kubectl(plane, "delete", "deployment", "-n", NAMESPACE, name, "--cascade=foreground", "--wait=true",
+                "--timeout=90s", "--ignore-not-found", check=False)
+    kubectl(plane, "delete", "apiservice", "v1beta1.upload.cdi.kubevirt.io", "--ignore-not-found", check=False)
+
+
+CLAIM_PROPERTY_SETS = [{"accessModes": ["ReadWriteOnce"], "volumeMode": "Filesystem"},
+                       {"accessModes": ["ReadWriteOnce"], "volumeMode": "Block"}]
+
+
+def describe_storage(custom: client.CustomObjectsApi) -> None:
+    """What a CDI admin does for a provisioner CDI's capability table does not know: say in each
+    StorageProfile's spec which claims the class serves (Filesystem first, so a DataVolume that
+    names no volume mode gets a directory), and wait until the controller reports it."""
+    for name in (csi.CLASS_IMMEDIATE, csi.CLASS_WFFC):
+        poll(f"StorageProfile {name}", lambda: _profile(custom, name), 60)
+        custom.patch_cluster_custom_object(GROUP, VERSION, "storageprofiles", name,
+                                           {"spec": {"claimPropertySets": CLAIM_PROPERTY_SETS}})
+        poll(f"StorageProfile {name} status", lambda: (_profile(custom, name) or {}).get("status", {})
+             .get("claimPropertySets") == CLAIM_PROPERTY_SETS, 60)
+
+
+def _profile(custom: client.CustomObjectsApi, name: str) -> dict[str, Any] | None:
+    try:
+        found: dict[str, Any] = custom.get_cluster_custom_object(GROUP, VERSION, "storageprofiles", name)
+        return found
+    except client.ApiException as error:
+        if error.status == 404:
+            return None
+        raise
 
 
 @pytest.fixture(scope="package")
-def token_api(installed: ControlPlane, kube: client.ApiClient, node_agent: NodeAgent,
-              tmp_path_factory: pytest.TempPathFactory) -> Iterator[TokenApi]:
-    """``UploadTokenRequest`` served by ``python -m cdi.apiserver`` through the aggregation layer."""
-    with TokenApi.start(kube, installed, node_agent.node_ip, tmp_path_factory.mktemp("token-api")) as api:
-        yield api
+def upload_pki(installed: Installation) -> Installation:
+    """The proxy's CA for clients (``proxy_ca``), as the installer wrote it."""
+    return installed
 
 
 @pytest.fixture(scope="package")
-def token_key(token_api: TokenApi) -> rsa.RSAPrivateKey:
-    """The token API's signing key, for tests that make their own (expired, other volume) tokens."""
-    return tokens.load_private_key(token_api.private_key_path.read_bytes())
+def controller(installed: Installation) -> Controller:
+    return Controller(installed.plane, "cdi-py-controller")
 
 
 @pytest.fixture(scope="package")
-def upload_proxy(controller: ControllerProcess, installed: ControlPlane, upload_pki: UploadPki, proxy_port: int,
-                 token_api: TokenApi, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyProcess]:
-    """The upload proxy on the host, asking the cluster where each volume's upload server is."""
-    workdir = tmp_path_factory.mktemp("uploadproxy")
-    proxy = ProxyProcess(upload_pki, installed.kubeconfig, token_api.public_key_pem,
-                         workdir / "proxy.log", port=proxy_port).start()
-    yield proxy
-    proxy.stop()
+def upload_proxy(installed: Installation) -> UploadProxy:
+    return UploadProxy(installed.plane, installed.proxy_url)
+
+
+@pytest.fixture(scope="package")
+def token_key(installed: Installation, kube: client.ApiClient) -> rsa.RSAPrivateKey:
+    """cdi-apiserver's signing key (the installer's Secret), for tests that make their own tokens."""
+    secret = client.CoreV1Api(kube).read_namespaced_secret(install_pki.SIGNING_KEY, NAMESPACE)
+    return tokens.load_private_key(base64.b64decode(secret.data["id_rsa"]))
 
 
 @pytest.fixture(scope="session")
-def pod_nginx(images: dict[str, Image], session_dir: Path, test_ca: TestCA, node_agent: NodeAgent) -> Iterator[Nginx]:
+def pod_nginx(images: dict[str, Image], session_dir: Path, test_ca: TestCA, node: Node) -> Iterator[Nginx]:
     """nginx on the node IP, over a copy of the images a test may change (rename, remove)."""
     root = session_dir / "pod-images"
     shutil.copytree(next(iter(images.values())).path.parent, root)
-    server = start_nginx(root, session_dir / "pod-nginx", test_ca, rate="2m", host=node_agent.node_ip)
+    server = start_nginx(root, session_dir / "pod-nginx", test_ca, rate="2m", host=node.node_ip)
     yield server
     server.stop()
 
@@ -181,8 +189,10 @@ def custom(kube: client.ApiClient) -> client.CustomObjectsApi:
 
 
 @pytest.fixture
-def ns(core: client.CoreV1Api, controller: ControllerProcess) -> Iterator[str]:
+def ns(core: client.CoreV1Api, controller: Controller) -> Iterator[str]:
+    """A namespace held to the ``restricted`` Pod Security level: importer and upload pods must pass it."""
     name = make_namespace(core, "dv")
+    core.patch_namespace(name, {"metadata": {"labels": {"pod-security.kubernetes.io/enforce": "restricted"}}})
     yield name
     core.delete_namespace(name)
 
@@ -190,7 +200,7 @@ def ns(core: client.CoreV1Api, controller: ControllerProcess) -> Iterator[str]:
 # -- helpers for the tests ----------------------------------------------------------------------
 
 
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 90, controller: ControllerProcess | None = None) -> Any:
+def wait_for(what: str, check: Callable[[], Any], timeout: float = 90, controller: Deployed | None = None) -> Any:
     """The shared poll, showing the controller's log tail when it times out."""
     explain = (lambda: controller.log()[-3000:]) if controller is not None else None
     return poll(what, check, timeout, explain)

@@ -8,6 +8,7 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
+from kubeenv.node import csi
 from tests.servers.images import sha256_file
 
 GROUP, VERSION, PLURAL = "cdi.kubevirt.io", "v1beta1", "datavolumes"
@@ -45,11 +46,20 @@ def condition(dv: dict[str, Any], kind: str) -> dict[str, Any]:
     return next((c for c in (dv.get("status") or {}).get("conditions") or [] if c["type"] == kind), {})
 
 
+_CSI_STATE: list[Path] = []
+"""Where the session's CSI driver keeps volumes (set once by the controller tests' ``csi_state``
+fixture: the node's directory is made per session)."""
+
+
+def use_csi_state(directory: Path) -> None:
+    _CSI_STATE[:] = [directory]
+
+
 def volume_path(core: client.CoreV1Api, ns: str, claim: str) -> Path:
     """The host file behind a bound claim: ``disk.img`` in a Filesystem volume, or the block image."""
     pvc = core.read_namespaced_persistent_volume_claim(claim, ns)
     pv = core.read_persistent_volume(pvc.spec.volume_name)
-    path = Path(pv.spec.local.path)
+    path = csi.volume_path(_CSI_STATE[0], pv.spec.csi.volume_handle)
     return path if pvc.spec.volume_mode == "Block" else path / "disk.img"
 
 

@@ -31,8 +31,8 @@ from pathlib import Path
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from kubeenv.nodeagent import CLASS_WFFC
-from tests.controller.conftest import ControllerProcess, wait_for
+from kubeenv.node.csi import CLASS_WFFC
+from tests.controller.conftest import Controller, wait_for
 from tests.controller.dvs import condition, create_dv, events_for, get_dv, phase, sha256_prefix, volume_path
 from tests.servers.images import Image
 from tests.servers.nginx import Nginx
@@ -41,7 +41,7 @@ from tests.servers import pki
 A = "cdi.kubevirt.io/storage"
 
 
-def succeeded(custom: client.CustomObjectsApi, ns: str, name: str, controller: ControllerProcess,
+def succeeded(custom: client.CustomObjectsApi, ns: str, name: str, controller: Controller,
               timeout: float = 120) -> dict:
     def done() -> dict | None:
         dv = get_dv(custom, ns, name)
@@ -51,14 +51,14 @@ def succeeded(custom: client.CustomObjectsApi, ns: str, name: str, controller: C
     return wait_for(f"{name} Succeeded", done, timeout, controller)
 
 
-def failed(custom: client.CustomObjectsApi, ns: str, name: str, controller: ControllerProcess,
+def failed(custom: client.CustomObjectsApi, ns: str, name: str, controller: Controller,
            timeout: float = 120) -> dict:
     return wait_for(f"{name} Failed", lambda: (dv := get_dv(custom, ns, name)) and
                     (dv.get("status") or {}).get("phase") == "Failed" and dv, timeout, controller)
 
 
 def test_http_qcow2_import_succeeds(custom: client.CustomObjectsApi, core: client.CoreV1Api, ns: str,
-                                    pod_nginx: Nginx, images: dict[str, Image], controller: ControllerProcess) -> None:
+                                    pod_nginx: Nginx, images: dict[str, Image], controller: Controller) -> None:
     create_dv(custom, ns, "qcow", {"http": {"url": f"{pod_nginx.http}/disk.qcow2"}}, size="64Mi")
     dv = succeeded(custom, ns, "qcow", controller)
     status = dv["status"]
@@ -80,7 +80,7 @@ def test_http_qcow2_import_succeeds(custom: client.CustomObjectsApi, core: clien
 
 def test_https_with_cert_config_map(custom: client.CustomObjectsApi, core: client.CoreV1Api, ns: str,
                                     pod_nginx: Nginx, images: dict[str, Image], test_ca: pki.TestCA,
-                                    controller: ControllerProcess) -> None:
+                                    controller: Controller) -> None:
     core.create_namespaced_config_map(ns, {"metadata": {"name": "ca"}, "data": {"odd-name.pem": test_ca.cert.read_text()}})
     create_dv(custom, ns, "tls", {"http": {"url": f"{pod_nginx.https}/disk.raw.xz", "certConfigMap": "ca"}})
     succeeded(custom, ns, "tls", controller)
@@ -89,7 +89,7 @@ def test_https_with_cert_config_map(custom: client.CustomObjectsApi, core: clien
 
 
 def test_blank_filesystem_and_block_with_preallocation(custom: client.CustomObjectsApi, core: client.CoreV1Api,
-                                                        ns: str, controller: ControllerProcess) -> None:
+                                                        ns: str, controller: Controller) -> None:
     create_dv(custom, ns, "blank-fs", {"blank": {}}, size="32Mi", preallocation=True)
     create_dv(custom, ns, "blank-block", {"blank": {}}, storage={
         "volumeMode": "Block", "resources": {"requests": {"storage": "32Mi"}}})
@@ -105,7 +105,7 @@ def test_blank_filesystem_and_block_with_preallocation(custom: client.CustomObje
 
 
 def test_404_fails_at_once_with_cdis_message(custom: client.CustomObjectsApi, core: client.CoreV1Api, ns: str,
-                                             pod_nginx: Nginx, controller: ControllerProcess) -> None:
+                                             pod_nginx: Nginx, controller: Controller) -> None:
     create_dv(custom, ns, "missing", {"http": {"url": f"{pod_nginx.http}/no-such-image.qcow2"}})
     dv = failed(custom, ns, "missing", controller)
     running = condition(dv, "Running")
@@ -117,7 +117,7 @@ def test_404_fails_at_once_with_cdis_message(custom: client.CustomObjectsApi, co
 
 
 def test_unresolvable_host_fails_after_bounded_attempts(custom: client.CustomObjectsApi, ns: str,
-                                                        controller: ControllerProcess) -> None:
+                                                        controller: Controller) -> None:
     create_dv(custom, ns, "nodns", {"http": {"url": "http://i-made-this-up.invalid/disk.img"}})
     dv = failed(custom, ns, "nodns", controller, timeout=240)
     running = condition(dv, "Running")
@@ -126,14 +126,14 @@ def test_unresolvable_host_fails_after_bounded_attempts(custom: client.CustomObj
 
 
 def test_image_larger_than_the_volume(custom: client.CustomObjectsApi, ns: str, pod_nginx: Nginx,
-                                      controller: ControllerProcess) -> None:
+                                      controller: Controller) -> None:
     create_dv(custom, ns, "small", {"http": {"url": f"{pod_nginx.http}/disk.qcow2"}}, size="8Mi")
     dv = failed(custom, ns, "small", controller)
     assert condition(dv, "Running")["message"] == "DataVolume too small to contain image"
 
 
 def test_checksum_mismatch_fails_with_checksum_error(custom: client.CustomObjectsApi, core: client.CoreV1Api,
-                                                     ns: str, pod_nginx: Nginx, controller: ControllerProcess) -> None:
+                                                     ns: str, pod_nginx: Nginx, controller: Controller) -> None:
     create_dv(custom, ns, "sum", {"http": {"url": f"{pod_nginx.http}/disk.raw.gz", "checksum": "sha256:" + "0" * 64}})
     dv = failed(custom, ns, "sum", controller)
     assert condition(dv, "Running")["reason"] == "ChecksumError"
@@ -142,7 +142,7 @@ def test_checksum_mismatch_fails_with_checksum_error(custom: client.CustomObject
 
 
 def test_progress_moves_on_a_rate_limited_source(custom: client.CustomObjectsApi, ns: str, pod_nginx: Nginx,
-                                                 controller: ControllerProcess) -> None:
+                                                 controller: Controller) -> None:
     create_dv(custom, ns, "slow", {"http": {"url": f"{pod_nginx.slow}/disk.raw"}})
     seen: set[str] = set()
 
@@ -158,7 +158,7 @@ def test_progress_moves_on_a_rate_limited_source(custom: client.CustomObjectsApi
 
 def test_server_gone_mid_import_comes_back(custom: client.CustomObjectsApi, core: client.CoreV1Api, ns: str,
                                            pod_nginx: Nginx, images: dict[str, Image],
-                                           controller: ControllerProcess) -> None:
+                                           controller: Controller) -> None:
     name = f"vanishing-{uuid.uuid4().hex[:6]}.raw"
     (pod_nginx.root / name).write_bytes(images["disk.raw"].path.read_bytes())
     create_dv(custom, ns, "vanish", {"http": {"url": f"{pod_nginx.slow}/{name}"}})
@@ -182,7 +182,7 @@ def restart_nginx_without(server: Nginx, path: Path, outage: float) -> None:
 
 
 def test_delete_mid_import_cleans_up(custom: client.CustomObjectsApi, core: client.CoreV1Api, ns: str,
-                                     pod_nginx: Nginx, controller: ControllerProcess) -> None:
+                                     pod_nginx: Nginx, controller: Controller) -> None:
     create_dv(custom, ns, "gone", {"http": {"url": f"{pod_nginx.slow}/disk.raw"}})
     wait_for("the import running", lambda: phase(custom, ns, "gone") == "ImportInProgress", 60, controller)
     custom.delete_namespaced_custom_object("cdi.kubevirt.io", "v1beta1", ns, "datavolumes", "gone")
@@ -191,7 +191,7 @@ def test_delete_mid_import_cleans_up(custom: client.CustomObjectsApi, core: clie
 
 
 def test_controller_restart_mid_import(custom: client.CustomObjectsApi, core: client.CoreV1Api, ns: str,
-                                       pod_nginx: Nginx, controller: ControllerProcess) -> None:
+                                       pod_nginx: Nginx, controller: Controller) -> None:
     create_dv(custom, ns, "survive", {"http": {"url": f"{pod_nginx.slow}/disk.raw"}})
     wait_for("the import running", lambda: phase(custom, ns, "survive") == "ImportInProgress", 60, controller)
     pod_uid = core.read_namespaced_pod("importer-survive", ns).metadata.uid
@@ -203,7 +203,7 @@ def test_controller_restart_mid_import(custom: client.CustomObjectsApi, core: cl
 
 
 def test_wait_for_first_consumer_and_immediate_bind(custom: client.CustomObjectsApi, ns: str, pod_nginx: Nginx,
-                                                    controller: ControllerProcess) -> None:
+                                                    controller: Controller) -> None:
     storage = {"storageClassName": CLASS_WFFC, "resources": {"requests": {"storage": "64Mi"}}}
     create_dv(custom, ns, "waits", {"blank": {}}, storage=storage)
     create_dv(custom, ns, "forced", {"http": {"url": f"{pod_nginx.http}/disk.qcow2"}}, storage=storage,
@@ -214,7 +214,7 @@ def test_wait_for_first_consumer_and_immediate_bind(custom: client.CustomObjects
 
 
 def test_unsupported_source_says_so(custom: client.CustomObjectsApi, core: client.CoreV1Api, ns: str,
-                                    controller: ControllerProcess) -> None:
+                                    controller: Controller) -> None:
     create_dv(custom, ns, "gcs", {"gcs": {"url": "gs://bucket/disk.img"}})
     dv = wait_for("a Pending status", lambda: (d := get_dv(custom, ns, "gcs")) and (d.get("status") or {}).get("phase")
                   and d, 30, controller)
@@ -228,7 +228,7 @@ def test_unsupported_source_says_so(custom: client.CustomObjectsApi, core: clien
 
 
 def test_retain_after_completion_keeps_the_pod(custom: client.CustomObjectsApi, core: client.CoreV1Api, ns: str,
-                                               controller: ControllerProcess) -> None:
+                                               controller: Controller) -> None:
     create_dv(custom, ns, "kept", {"blank": {}}, size="16Mi",
               annotations={f"{A}.pod.retainAfterCompletion": "true"})
     succeeded(custom, ns, "kept", controller)
@@ -238,7 +238,7 @@ def test_retain_after_completion_keeps_the_pod(custom: client.CustomObjectsApi, 
 
 
 def test_bare_annotated_pvc_is_imported(core: client.CoreV1Api, ns: str, pod_nginx: Nginx,
-                                        images: dict[str, Image], controller: ControllerProcess) -> None:
+                                        images: dict[str, Image], controller: Controller) -> None:
     """CDI's PVC-level flow: no DataVolume, only CDI's import annotations on a PVC."""
     core.create_namespaced_persistent_volume_claim(ns, {
         "metadata": {"name": "bare", "annotations": {f"{A}.import.endpoint": f"{pod_nginx.http}/disk.vhd.gz"}},

@@ -31,7 +31,7 @@ import pytest
 from cdi.api.schema import from_json, to_json
 from cdi.api.v1beta1 import StorageProfile
 from cdi.controller.config import resolve_config
-from cdi.controller.storage import (KUBEENV_PROVISIONER, MSG_ARCHIVE_BLOCK, MSG_NO_CLASS, MSG_NO_SIZE,
+from cdi.controller.storage import (MSG_ARCHIVE_BLOCK, MSG_NO_CLASS, MSG_NO_SIZE,
                                     MSG_PVC_OR_STORAGE, MSG_TOO_SMALL, RenderError, default_storage_class,
                                     format_quantity, render_pvc_spec, requested_image_size, required_space,
                                     storage_profile)
@@ -44,7 +44,7 @@ RBD_SETS = [{"accessModes": ["ReadWriteMany"], "volumeMode": "Block"},
             {"accessModes": ["ReadWriteOnce"], "volumeMode": "Filesystem"}]
 
 
-def sc(name: str, provisioner: str = KUBEENV_PROVISIONER, annotations: dict[str, str] | None = None,
+def sc(name: str, provisioner: str = "topolvm.io", annotations: dict[str, str] | None = None,
        created: str | None = None, **extra: Any) -> dict[str, Any]:
     metadata: dict[str, Any] = {"name": name, "annotations": annotations or {}}
     if created:
@@ -276,9 +276,7 @@ def test_requested_image_size(source: dict[str, Any], expected: str | None) -> N
 
 # --- storage_profile ---------------------------------------------------------------------------
 
-def test_profile_for_our_test_provisioner() -> None:
-    from kubeenv.nodeagent.storage import PROVISIONER
-    assert KUBEENV_PROVISIONER == PROVISIONER
+def test_profile_for_a_known_provisioner() -> None:
     result = storage_profile(sc("cdi-local"), None)
     assert result["apiVersion"] == "cdi.kubevirt.io/v1beta1" and result["kind"] == "StorageProfile"
     assert result["metadata"]["name"] == "cdi-local"
@@ -287,9 +285,9 @@ def test_profile_for_our_test_provisioner() -> None:
                                             "app.kubernetes.io/component": "storage"}
     assert result["spec"] == {}
     assert result["status"] == {
-        "storageClass": "cdi-local", "provisioner": KUBEENV_PROVISIONER,
-        "claimPropertySets": [{"accessModes": ["ReadWriteOnce"], "volumeMode": "Filesystem"},
-                              {"accessModes": ["ReadWriteOnce"], "volumeMode": "Block"}],
+        "storageClass": "cdi-local", "provisioner": "topolvm.io",
+        "claimPropertySets": [{"accessModes": ["ReadWriteOnce"], "volumeMode": "Block"},
+                              {"accessModes": ["ReadWriteOnce"], "volumeMode": "Filesystem"}],
         "cloneStrategy": "copy", "dataImportCronSourceFormat": "pvc"}
     assert to_json(from_json(StorageProfile, result)) == {k: v for k, v in result.items()
                                                           if k in ("spec", "status")}

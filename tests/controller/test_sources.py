@@ -19,8 +19,9 @@ from collections.abc import Iterator
 import pytest
 from kubernetes import client
 
-from kubeenv.nodeagent import CLASS_IMMEDIATE, NodeAgent
-from tests.controller.conftest import ControllerProcess, wait_for
+from kubeenv.node import Node
+from kubeenv.node.csi import CLASS_IMMEDIATE
+from tests.controller.conftest import Controller, wait_for
 from tests.controller.dvs import create_dv, get_dv, sha256_prefix, volume_path
 from tests.controller.test_import import succeeded
 from tests.servers.images import Image
@@ -30,12 +31,12 @@ from tests.servers.seaweed import SeaweedS3
 
 
 @pytest.fixture
-def relay_to(node_agent: NodeAgent) -> Iterator[object]:
+def relay_to(node: Node) -> Iterator[object]:
     relays: list[TcpRelay] = []
 
     def make(target: str) -> str:
         host, port = target.split("://", 1)[-1].rsplit(":", 1)
-        relay = TcpRelay(node_agent.node_ip, (host, int(port.split("/", 1)[0])))
+        relay = TcpRelay(node.node_ip, (host, int(port.split("/", 1)[0])))
         relays.append(relay)
         return relay.address
     yield make
@@ -45,7 +46,7 @@ def relay_to(node_agent: NodeAgent) -> Iterator[object]:
 
 def test_s3_import_with_secret(custom: client.CustomObjectsApi, core: client.CoreV1Api, ns: str,
                                seaweed_s3: SeaweedS3, images: dict[str, Image], relay_to: object,
-                               controller: ControllerProcess) -> None:
+                               controller: Controller) -> None:
     image = images["disk.qcow2.xz"]
     seaweed_s3.put("controller/disk.qcow2.xz", image.path.read_bytes())
     address = relay_to(seaweed_s3.http_endpoint)  # type: ignore[operator]
@@ -60,7 +61,7 @@ def test_s3_import_with_secret(custom: client.CustomObjectsApi, core: client.Cor
 
 def test_registry_import_from_an_insecure_registry(custom: client.CustomObjectsApi, core: client.CoreV1Api,
                                                     ns: str, http_registry: Registry, relay_to: object,
-                                                    controller: ControllerProcess) -> None:
+                                                    controller: Controller) -> None:
     address = relay_to(f"http://{http_registry.host}")  # type: ignore[operator]
     config = custom.get_cluster_custom_object("cdi.kubevirt.io", "v1beta1", "cdiconfigs", "config")
     registries = sorted(set((config.get("spec") or {}).get("insecureRegistries") or []) | {address})
@@ -77,7 +78,7 @@ def test_registry_import_from_an_insecure_registry(custom: client.CustomObjectsA
 
 
 def test_cdiconfig_and_storage_profiles_are_maintained(custom: client.CustomObjectsApi,
-                                                        controller: ControllerProcess) -> None:
+                                                        controller: Controller) -> None:
     config = wait_for("CDIConfig status", lambda: (c := custom.get_cluster_custom_object(
         "cdi.kubevirt.io", "v1beta1", "cdiconfigs", "config")).get("status") and c, 30, controller)
     overhead = config["status"]["filesystemOverhead"]

@@ -27,18 +27,17 @@ from pathlib import Path
 from kubernetes import client
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from kubeenv.nodeagent import CLASS_WFFC
-from tests.controller.conftest import GROUP, VERSION, ControllerProcess, wait_for
+from kubeenv.node.csi import CLASS_WFFC
+from tests.controller.conftest import GROUP, VERSION, Controller, Installation, UploadProxy, wait_for
 from tests.controller.dvs import create_dv, events_for, get_dv, phase, sha256_prefix, volume_path
 from tests.servers.images import Image
-from tests.servers.uploadstack import ProxyProcess, UploadPki
 from uploadproxy import client as upload_client
 from uploadproxy import tokens
 
 A = "cdi.kubevirt.io/storage"
 
 
-def wait_phase(custom: client.CustomObjectsApi, ns: str, name: str, want: str, controller: ControllerProcess,
+def wait_phase(custom: client.CustomObjectsApi, ns: str, name: str, want: str, controller: Controller,
                timeout: float = 90) -> dict:
     def reached() -> dict | None:
         dv = get_dv(custom, ns, name) or {}
@@ -47,7 +46,7 @@ def wait_phase(custom: client.CustomObjectsApi, ns: str, name: str, want: str, c
     return wait_for(f"{name} {want}", reached, timeout, controller)
 
 
-def curl_upload(proxy: ProxyProcess, pki: UploadPki, token: str, path: Path,
+def curl_upload(proxy: UploadProxy, pki: Installation, token: str, path: Path,
                 route: str = "/v1beta1/upload") -> tuple[int, str]:
     proc = subprocess.run(["curl", "-sS", "--cacert", str(pki.proxy_ca), "-H", f"Authorization: Bearer {token}",
                            "-H", "Content-Type: application/octet-stream", "--data-binary", f"@{path}",
@@ -58,8 +57,8 @@ def curl_upload(proxy: ProxyProcess, pki: UploadPki, token: str, path: Path,
 
 
 def test_upload_datavolume_end_to_end(custom: client.CustomObjectsApi, core: client.CoreV1Api, ns: str,
-                                      images: dict[str, Image], controller: ControllerProcess,
-                                      upload_proxy: ProxyProcess, upload_pki: UploadPki,
+                                      images: dict[str, Image], controller: Controller,
+                                      upload_proxy: UploadProxy, upload_pki: Installation,
                                       token_key: rsa.RSAPrivateKey) -> None:
     create_dv(custom, ns, "up", {"upload": {}}, size="64Mi")
     dv = wait_phase(custom, ns, "up", "UploadReady", controller)
@@ -88,8 +87,8 @@ def test_upload_datavolume_end_to_end(custom: client.CustomObjectsApi, core: cli
 
 
 def test_curl_sync_upload_into_a_block_volume(custom: client.CustomObjectsApi, core: client.CoreV1Api, ns: str,
-                                             images: dict[str, Image], controller: ControllerProcess,
-                                             upload_proxy: ProxyProcess, upload_pki: UploadPki,
+                                             images: dict[str, Image], controller: Controller,
+                                             upload_proxy: UploadProxy, upload_pki: Installation,
                                              token_key: rsa.RSAPrivateKey) -> None:
     create_dv(custom, ns, "blk", {"upload": {}},
               storage={"volumeMode": "Block", "resources": {"requests": {"storage": "64Mi"}}})
@@ -102,8 +101,8 @@ def test_curl_sync_upload_into_a_block_volume(custom: client.CustomObjectsApi, c
 
 
 def test_archive_upload_unpacks_into_the_volume(custom: client.CustomObjectsApi, core: client.CoreV1Api, ns: str,
-                                                controller: ControllerProcess, upload_proxy: ProxyProcess,
-                                                upload_pki: UploadPki, token_key: rsa.RSAPrivateKey,
+                                                controller: Controller, upload_proxy: UploadProxy,
+                                                upload_pki: Installation, token_key: rsa.RSAPrivateKey,
                                                 tmp_path: Path) -> None:
     archive = tmp_path / "files.tar"
     with tarfile.open(archive, "w") as tar:
@@ -122,8 +121,8 @@ def test_archive_upload_unpacks_into_the_volume(custom: client.CustomObjectsApi,
 
 
 def test_bare_pvc_marked_as_upload_target(core: client.CoreV1Api, ns: str, images: dict[str, Image],
-                                          controller: ControllerProcess, upload_proxy: ProxyProcess,
-                                          upload_pki: UploadPki, token_key: rsa.RSAPrivateKey) -> None:
+                                          controller: Controller, upload_proxy: UploadProxy,
+                                          upload_pki: Installation, token_key: rsa.RSAPrivateKey) -> None:
     core.create_namespaced_persistent_volume_claim(ns, {
         "metadata": {"name": "bare", "annotations": {f"{A}.upload.target": "", f"{A}.contentType": "kubevirt"}},
         "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "64Mi"}}}})
@@ -138,8 +137,8 @@ def test_bare_pvc_marked_as_upload_target(core: client.CoreV1Api, ns: str, image
 
 
 def test_refusals_keep_the_volume_usable(custom: client.CustomObjectsApi, core: client.CoreV1Api, ns: str,
-                                         images: dict[str, Image], controller: ControllerProcess,
-                                         upload_proxy: ProxyProcess, upload_pki: UploadPki,
+                                         images: dict[str, Image], controller: Controller,
+                                         upload_proxy: UploadProxy, upload_pki: Installation,
                                          token_key: rsa.RSAPrivateKey, tmp_path: Path) -> None:
     # not up yet: a WaitForFirstConsumer volume gets no upload server until something consumes it
     create_dv(custom, ns, "later", {"upload": {}}, size="16Mi",
@@ -176,8 +175,8 @@ def test_refusals_keep_the_volume_usable(custom: client.CustomObjectsApi, core: 
 
 
 def test_progress_of_a_running_upload(custom: client.CustomObjectsApi, core: client.CoreV1Api, ns: str,
-                                      images: dict[str, Image], controller: ControllerProcess,
-                                      upload_proxy: ProxyProcess, upload_pki: UploadPki,
+                                      images: dict[str, Image], controller: Controller,
+                                      upload_proxy: UploadProxy, upload_pki: Installation,
                                       token_key: rsa.RSAPrivateKey) -> None:
     create_dv(custom, ns, "slow", {"upload": {}}, size="64Mi")
     wait_phase(custom, ns, "slow", "UploadReady", controller)

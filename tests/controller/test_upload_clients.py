@@ -22,21 +22,19 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
-from kubeenv.controlplane import ControlPlane
-from kubeenv.nodeagent import CLASS_WFFC
+from kubeenv.node.csi import CLASS_WFFC
 from kubeenv.virtctl import ensure_virtctl
-from tests.controller.conftest import ControllerProcess, wait_for
+from tests.controller.conftest import Controller, Installation, UploadProxy, wait_for
 from tests.controller.dvs import get_dv, sha256_prefix, volume_path
 from tests.servers.images import Image
 from tests.servers.token_api import write_token_kubeconfig
-from tests.servers.uploadstack import ProxyProcess, UploadPki
 
 ROOT = Path(__file__).resolve().parents[2]
 A = "cdi.kubevirt.io/storage"
 
 
 @pytest.fixture
-def editor(ns: str, core: client.CoreV1Api, kube: client.ApiClient, installed: ControlPlane,
+def editor(ns: str, core: client.CoreV1Api, kube: client.ApiClient, installed: Installation,
            tmp_path: Path) -> Iterator[Path]:
     """A kubeconfig for a user who may only edit namespace ``ns`` (the aggregated ``edit`` role)."""
     name = f"editor-{uuid.uuid4().hex[:6]}"
@@ -46,7 +44,7 @@ def editor(ns: str, core: client.CoreV1Api, kube: client.ApiClient, installed: C
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "edit"},
         "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": ns}]})
     token = core.create_namespaced_service_account_token(name, ns, {"spec": {"expirationSeconds": 3600}}).status.token
-    yield write_token_kubeconfig(tmp_path / "editor.kubeconfig", installed, token, name)
+    yield write_token_kubeconfig(tmp_path / "editor.kubeconfig", installed.plane, token, name)
 
 
 def run(argv: list[str], env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
@@ -61,8 +59,8 @@ def assert_uploaded(core: client.CoreV1Api, ns: str, name: str, image: Image) ->
 
 
 def test_real_virtctl_uploads_a_datavolume(ns: str, core: client.CoreV1Api, custom: client.CustomObjectsApi,
-                                          editor: Path, images: dict[str, Image], controller: ControllerProcess,
-                                          upload_proxy: ProxyProcess, upload_pki: UploadPki) -> None:
+                                          editor: Path, images: dict[str, Image], controller: Controller,
+                                          upload_proxy: UploadProxy, upload_pki: Installation) -> None:
     image = images["disk.qcow2"]
     proc = run([str(ensure_virtctl()), "image-upload", "dv", "vdv", "--namespace", ns, "--size", "64Mi",
                 "--image-path", str(image.path), "--wait-secs", "120", "--kubeconfig", str(editor)],
@@ -75,8 +73,8 @@ def test_real_virtctl_uploads_a_datavolume(ns: str, core: client.CoreV1Api, cust
 
 
 def test_real_virtctl_force_binds_a_pvc(ns: str, core: client.CoreV1Api, images: dict[str, Image],
-                                        installed: ControlPlane, controller: ControllerProcess,
-                                        upload_proxy: ProxyProcess, upload_pki: UploadPki) -> None:
+                                        installed: Installation, controller: Controller,
+                                        upload_proxy: UploadProxy, upload_pki: Installation) -> None:
     image = images["disk.vhd"]
     proc = run([str(ensure_virtctl()), "image-upload", "pvc", "vpvc", "--namespace", ns, "--size", "64Mi",
                 "--storage-class", CLASS_WFFC, "--force-bind", "--image-path", str(image.path),
@@ -89,8 +87,8 @@ def test_real_virtctl_force_binds_a_pvc(ns: str, core: client.CoreV1Api, images:
 
 
 def test_cdi_image_upload_with_the_same_flags(ns: str, core: client.CoreV1Api, editor: Path,
-                                              images: dict[str, Image], controller: ControllerProcess,
-                                              upload_proxy: ProxyProcess, upload_pki: UploadPki) -> None:
+                                              images: dict[str, Image], controller: Controller,
+                                              upload_proxy: UploadProxy, upload_pki: Installation) -> None:
     image = images["disk.qcow2.gz"]
     proc = run([str(ROOT / ".venv/bin/cdi"), "image-upload", "dv", "cdv", "--namespace", ns, "--size", "64Mi",
                 "--image-path", str(image.path), "--wait-secs", "120", "--kubeconfig", str(editor),

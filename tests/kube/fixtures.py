@@ -1,15 +1,13 @@
-"""The real Kubernetes control plane and the node agent, shared by the whole test session
-(a pytest plugin loaded from the root conftest, so every test directory can use them).
+"""The test cluster, shared by the whole test session (a pytest plugin loaded from the root
+conftest, so every test directory can use it): the control plane, the image registry with our
+images, and a real node (containerd, kubelet, kube-proxy, CoreDNS, csi-driver-host-path), started
+by the same code as ``scripts/kube-up`` (:class:`kubeenv.cluster.Cluster`).
 
-``control_plane`` builds the pinned binaries if they are not cached yet (``scripts/setup``
-normally has), starts etcd, kube-apiserver, kube-controller-manager and kube-scheduler from
-scratch in a temporary directory, and stops them all at the end of the session.
+At the end of the session the cluster is stopped and nothing of the node may be left on the host.
 """
 
 from __future__ import annotations
 
-import os
-import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -19,27 +17,50 @@ from typing import Any
 import pytest
 from kubernetes import client, config
 
-from kubeenv.binaries import ensure_binaries
+import kubeenv.images as image_builder
+from kubeenv.binaries import ensure_binaries, ensure_node_binaries
+from kubeenv.cluster import Cluster
 from kubeenv.controlplane import ControlPlane
-from kubeenv.nodeagent import NodeAgent
-from kubeenv.nodeagent.network import NETNS_DIR
+from kubeenv.node import NODE_NAME, Node
+from kubeenv.node import registry as image_registry
+
+NODE = NODE_NAME
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
-    """Build (or find cached) binaries before any test runs, outside every per-test timeout.
-
-    A first build takes minutes; done inside the fixture it would count against the timeout of
-    whichever test happened to need the control plane first.
-    """
-    if any("control_plane" in getattr(item, "fixturenames", ()) for item in session.items):
-        ensure_binaries()
+    """Build (or find cached) binaries and images before any test runs, outside every per-test
+    timeout: a first build takes minutes, and inside the fixture it would count against whichever
+    test happened to need the cluster first. The images go into the registry's cached storage,
+    where the session's registry finds them."""
+    if not any("cluster" in getattr(item, "fixturenames", ()) for item in session.items):
+        return
+    ensure_binaries()
+    ensure_node_binaries()
+    workdir = Path(session.config._tmp_path_factory.mktemp("images"))  # type: ignore[attr-defined]
+    address, process = image_registry.start(workdir, workdir / "registry.log", die_with_parent=True)
+    try:
+        image_builder.build_and_push(address)
+    finally:
+        process.stop()
 
 
 @pytest.fixture(scope="session")
-def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
-    plane = ControlPlane.start(tmp_path_factory.mktemp("kube"))
-    yield plane
-    plane.stop()
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    running = Cluster.start(tmp_path_factory.mktemp("kube"))
+    yield running
+    running.stop()
+    assert running.leftovers() == []
+
+
+@pytest.fixture(scope="session")
+def control_plane(cluster: Cluster) -> ControlPlane:
+    return cluster.plane
+
+
+@pytest.fixture(scope="session")
+def node(cluster: Cluster) -> Node:
+    assert cluster.node is not None
+    return cluster.node
 
 
 @pytest.fixture(scope="session")
@@ -48,42 +69,6 @@ def kube(control_plane: ControlPlane) -> Iterator[client.ApiClient]:
     api = config.new_client_from_config(str(control_plane.kubeconfig))
     yield api
     api.close()
-
-
-NODE = "cdi-test-node"
-
-
-@pytest.fixture(scope="session")
-def node_agent(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeAgent]:
-    """The node, for the whole session; at the end nothing of it may be left on the host."""
-    agent = NodeAgent(control_plane.kubeconfig, tmp_path_factory.mktemp("node"), NODE).start()
-    yield agent
-    agent.stop()
-    assert leftovers(agent) == []
-
-
-def leftovers(agent: NodeAgent) -> list[str]:
-    """Namespaces, loop devices, mounts, processes or the bridge that outlived the agent."""
-    found = [f"netns {p.name}" for p in NETNS_DIR.glob(f"{agent.network.prefix}*")] if NETNS_DIR.is_dir() else []
-    found += [f"loop {d}" for d in agent.loops.leftovers()]
-    found += [f"mount {line.split()[4]}" for line in Path("/proc/self/mountinfo").read_text().splitlines()
-              if line.split()[4].startswith(str(agent.workdir))]
-    found += [f"process {pid}" for pid in processes_with(str(agent.workdir))]
-    if subprocess.run(["ip", "link", "show", agent.network.bridge], capture_output=True).returncode == 0:
-        found.append(f"bridge {agent.network.bridge}")
-    return found
-
-
-def processes_with(marker: str) -> list[int]:
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and int(entry.name) != os.getpid():
-            try:
-                if marker.encode() in (entry / "cmdline").read_bytes():
-                    pids.append(int(entry.name))
-            except OSError:
-                continue
-    return pids
 
 
 @pytest.fixture

@@ -244,7 +244,7 @@ def _config_map_names(core: client.CoreV1Api, namespace: str) -> set[str]:
 
 def test_kube_up_and_down_scripts(tmp_path: Path) -> None:
     """What a person runs: kube-up prints the kubeconfig last, is idempotent; kube-down stops all."""
-    env = {**os.environ, "CDI_KUBE_DIR": str(tmp_path / "kube"), "CDI_KUBE_NODEAGENT": "0"}
+    env = {**os.environ, "CDI_KUBE_DIR": str(tmp_path / "kube"), "CDI_KUBE_NODE": "0"}
     up = [str(SCRIPTS / "kube-up")]
     try:
         first = subprocess.run(up, env=env, capture_output=True, text=True, timeout=180, check=False)
@@ -254,14 +254,14 @@ def test_kube_up_and_down_scripts(tmp_path: Path) -> None:
         namespaces = subprocess.run([str(kubectl_bin), "--kubeconfig", str(kubeconfig), "get", "namespaces"],
                                     capture_output=True, text=True, timeout=60, check=False)
         assert "kube-system" in namespaces.stdout, namespaces.stderr
-        pids = json.loads((tmp_path / "kube" / "state.json").read_text())["processes"]
+        pids = json.loads((tmp_path / "kube" / "cluster" / "controlplane.json").read_text())["processes"]
 
         again = subprocess.run(up, env=env, capture_output=True, text=True, timeout=60, check=False)
         assert again.stdout.splitlines()[-1] == str(kubeconfig)
-        assert json.loads((tmp_path / "kube" / "state.json").read_text())["processes"] == pids
+        assert json.loads((tmp_path / "kube" / "cluster" / "controlplane.json").read_text())["processes"] == pids
     finally:
         down = subprocess.run([str(SCRIPTS / "kube-down")], env=env, capture_output=True, text=True, timeout=120,
                               check=False)
     assert down.returncode == 0, down.stderr
-    assert not (tmp_path / "kube" / "state.json").exists()
+    assert not (tmp_path / "kube" / "cluster.json").exists()
     assert [p["name"] for p in pids if Process.from_json(p).alive()] == []

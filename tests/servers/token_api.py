@@ -2,7 +2,7 @@
 
 No pytest in here, so any test package can build its own fixture around it::
 
-    api = TokenApi.start(kube, control_plane, node_agent.node_ip, tmp_path / "token-api")
+    api = TokenApi.start(kube, control_plane, node.node_ip, tmp_path / "token-api")
     ...  # kubectl create -f utr.yaml; tokens.validate_for(token, api.public_key, ns, pvc)
     api.stop()                   # or: with TokenApi.start(...) as api: ...
 
