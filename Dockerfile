@@ -39,7 +39,6 @@ COPY cdi ./cdi
 COPY importer ./importer
 COPY uploadproxy ./uploadproxy
 COPY cloner ./cloner
-COPY kubeenv ./kubeenv
 RUN --mount=type=secret,id=cacert \
     if [ -s /run/secrets/cacert ]; then export PIP_CERT=/run/secrets/cacert; fi \
  && /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check --no-deps . \

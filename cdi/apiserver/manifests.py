@@ -121,7 +121,7 @@ def _container() -> dict[str, Any]:
 def deployment() -> Manifest:
     pod_spec: dict[str, Any] = {
         "serviceAccountName": NAME,
-        "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+        "securityContext": {"runAsNonRoot": True, "fsGroup": RUN_AS_USER, "seccompProfile": {"type": "RuntimeDefault"}},
         "containers": [_container()],
         "volumes": [{"name": "server-cert", "secret": {"secretName": CERT_SECRET}},
                     {"name": "signing-key", "secret": {"secretName": SIGNING_SECRET,

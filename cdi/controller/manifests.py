@@ -118,7 +118,7 @@ def deployment() -> Manifest:
     selector = {"app.kubernetes.io/name": NAME}
     pod_spec: dict[str, Any] = {
         "serviceAccountName": NAME,
-        "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+        "securityContext": {"runAsNonRoot": True, "fsGroup": RUN_AS_USER, "seccompProfile": {"type": "RuntimeDefault"}},
         "containers": [_container()],
         "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}, *upload_manifests.controller_mounts()[0]],
     }

@@ -94,7 +94,7 @@ def deployment() -> Manifest:
             "spec": {"replicas": 1, "selector": {"matchLabels": selector},
                      "template": {"metadata": {"labels": dict(LABELS)}, "spec": {
                          "serviceAccountName": NAME,
-                         "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+                         "securityContext": {"runAsNonRoot": True, "fsGroup": RUN_AS_USER, "seccompProfile": {"type": "RuntimeDefault"}},
                          "containers": [container], "volumes": volumes}}}}
 
 

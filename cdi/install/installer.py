@@ -150,6 +150,8 @@ class Installer:
 
 
 def _available(deployment: Any) -> bool:
-    status = deployment.status
-    return bool(status and status.available_replicas and status.available_replicas >= 1
-                and status.updated_replicas == deployment.spec.replicas)
+    """The rollout of the current spec is complete: every replica updated and available, none old."""
+    status, want = deployment.status, deployment.spec.replicas
+    return bool(status and (status.observed_generation or 0) >= deployment.metadata.generation
+                and status.updated_replicas == want and status.available_replicas == want
+                and status.replicas == want)
