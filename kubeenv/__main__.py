@@ -3,7 +3,8 @@ node) running in the background, outliving the command.
 
 ``up`` starts everything, records it in ``<dir>/cluster.json`` and prints the admin kubeconfig path
 as its last line (the matching ``kubectl`` sits next to it); run again while up, it only prints
-the path. ``down`` stops what ``up`` started and removes what the node left on the host. ``<dir>``
+the path. ``down`` stops what ``up`` started and removes what the node left on the host.
+``deploy`` installs cdi-py into it (``python -m cdi.install`` with the images ``up`` built). ``<dir>``
 is ``$CDI_KUBE_DIR``, default ``/tmp/cdi-py-kube``. ``CDI_KUBE_NODE=0`` starts the control plane
 alone (one node per host: a second cluster beside one that has it must go without).
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -24,7 +26,7 @@ DEFAULT_DIR = "/tmp/cdi-py-kube"
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m kubeenv", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=("up", "down", "status"))
+    parser.add_argument("command", choices=("up", "down", "status", "deploy"))
     parser.add_argument("--dir", type=Path, default=Path(os.environ.get("CDI_KUBE_DIR", DEFAULT_DIR)))
     args = parser.parse_args(argv)
     directory = args.dir.resolve()
@@ -33,6 +35,8 @@ def main(argv: list[str] | None = None) -> int:
         return up(directory, state)
     if args.command == "down":
         return down(state)
+    if args.command == "deploy":
+        return deploy(state)
     return status(state)
 
 
@@ -65,6 +69,20 @@ def down(state: Path, quiet: bool = False) -> int:
     if not quiet:
         print("kube-down: stopped" + (f"; left behind: {', '.join(left)}" if left else ""))
     return 1 if left else 0
+
+
+def deploy(state: Path) -> int:
+    """Install cdi-py into the running cluster (``scripts/deploy``); the proxy's CA lands beside it."""
+    cluster = _running(state)
+    if cluster is None:
+        print("kube-deploy: no cluster running: scripts/kube-up first", file=sys.stderr)
+        return 1
+    ca = cluster.workdir / "uploadproxy-ca.crt"
+    done = subprocess.run(cluster.install_command(ca_out=ca), cwd=Path(__file__).resolve().parents[1])
+    if done.returncode == 0:
+        print(f"upload proxy: {cluster.uploadproxy_url()} (trust {ca}, e.g. SSL_CERT_FILE for virtctl)",
+              file=sys.stderr)
+    return done.returncode
 
 
 def status(state: Path) -> int:

@@ -13,6 +13,7 @@ storage between runs.
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from kubeenv.node import Node, registry
 from kubeenv.process import Process
 
 STATE_FILE = "cluster.json"
+UPLOADPROXY_NODEPORT = 31443
 
 
 @dataclass
@@ -67,6 +69,23 @@ class Cluster:
             plane.stop()
             raise
         return cls(workdir, plane, node, address, process, refs)
+
+    def install_command(self, *, ca_out: Path, nodeport: int = UPLOADPROXY_NODEPORT,
+                        controller_env: dict[str, str] | None = None) -> list[str]:
+        """``python -m cdi.install`` for this cluster: our images from its registry, the upload proxy
+        on a NodePort of the node's address, published in CDIConfig (what ``scripts/deploy`` runs)."""
+        if self.node is None:
+            raise RuntimeError("a cluster without a node runs no pods: nothing to install into")
+        url = self.uploadproxy_url(nodeport)
+        return [sys.executable, "-m", "cdi.install", "--kubeconfig", str(self.kubeconfig),
+                *[f"--image={c}={self.images[c]}" for c in ("controller", "importer", "uploadserver")],
+                f"--uploadproxy-nodeport={nodeport}", f"--uploadproxy-name={self.node.node_ip}",
+                f"--uploadproxy-url={url}", f"--ca-out={ca_out}",
+                *[f"--controller-env={k}={v}" for k, v in (controller_env or {}).items()]]
+
+    def uploadproxy_url(self, nodeport: int = UPLOADPROXY_NODEPORT) -> str:
+        assert self.node is not None
+        return f"https://{self.node.node_ip}:{nodeport}"
 
     @property
     def processes(self) -> list[Process]:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import base64
 import shutil
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +39,6 @@ from uploadproxy import tokens
 ROOT = Path(__file__).resolve().parents[2]
 GROUP, VERSION = "cdi.kubevirt.io", "v1beta1"
 NAMESPACE = "cdi"
-NODE_PORT = 31443
 CONTROLLER_ENV = {
     # fail fast in tests: short retry budgets inside the importer and across pod restarts
     "IMPORTER_EXTRA_ENV": "IMPORTER_RETRY_ATTEMPTS=4",
@@ -107,17 +105,12 @@ class UploadProxy(Deployed):
 def installed(cluster: Cluster, node: Node, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Installation]:
     workdir = tmp_path_factory.mktemp("install")
     plane = cluster.plane
-    url = f"https://{node.node_ip}:{NODE_PORT}"
-    argv = [sys.executable, "-m", "cdi.install", "--kubeconfig", str(plane.kubeconfig),
-            *[f"--image={c}={cluster.images[c]}" for c in ("controller", "importer", "uploadserver")],
-            f"--uploadproxy-nodeport={NODE_PORT}", f"--uploadproxy-name={node.node_ip}", f"--uploadproxy-url={url}",
-            *[f"--controller-env={k}={v}" for k, v in CONTROLLER_ENV.items()],
-            f"--ca-out={workdir / 'proxy-ca.crt'}", "--wait=240"]
-    proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    argv = cluster.install_command(ca_out=workdir / "proxy-ca.crt", controller_env=CONTROLLER_ENV)
+    proc = subprocess.run([*argv, "--wait=240"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     dvs.use_csi_state(csi.state_dir(node.layout))
     describe_storage(client.CustomObjectsApi(config.new_client_from_config(str(plane.kubeconfig))))
-    yield Installation(plane, url, workdir / "proxy-ca.crt")
+    yield Installation(plane, cluster.uploadproxy_url(), workdir / "proxy-ca.crt")
     for name in DEPLOYMENTS:
         kubectl(plane, "delete", "deployment", "-n", NAMESPACE, name, "--cascade=foreground", "--wait=true",
                 "--timeout=90s", "--ignore-not-found", check=False)
