@@ -4,48 +4,62 @@
 #   docker build --target importer     -t REGISTRY/cdi-py/importer:TAG .      # importer pods (python -m importer)
 #   docker build --target uploadserver -t REGISTRY/cdi-py/uploadserver:TAG .  # upload server pods
 #
-# Why three images from one file, not one image: the worker images carry qemu-img (~60 MB the
+# Why three images from one file, not one image: the worker images carry qemu-img (~25 MB the
 # controller never runs) and a different default user and entrypoint (CDI's importer runs as 107
-# with the volume at /data; the controller as 1001); why one file: Python, the dependencies and our
-# package are built once (stage `app`) and copied into each, so a source change rebuilds one small
-# layer per image. scripts/images builds these with buildah from a locally made Debian base; any
-# `docker build`/`podman build` with the pulled debian:bookworm-slim builds the same.
+# with the volume at /data; the controller as 1001; deploy/ gives the controller image the
+# cdi-apiserver's and the upload proxy's commands). Why one file: the Python dependencies are
+# installed once (stage `venv`) and our sources compiled once (stage `app`), and every image copies
+# both, in that order: a source change rebuilds and pushes one small layer per image, a
+# dependency change one more. Nothing used to build (pip, setuptools, python3-venv, apt's lists
+# and caches) is left in an image.
 #
-# pip needs the host's CA bundle where outbound HTTPS is intercepted: pass it as a build secret
-# (`--secret id=cacert,src=/etc/ssl/certs/ca-certificates.crt`); it is never stored in a layer.
+# scripts/images builds these with buildah from a locally made Debian base stored under the name
+# debian:bookworm-slim; `docker build`/`podman build` with the pulled debian:bookworm-slim builds
+# the same. Where outbound HTTPS is intercepted, pip needs the host's CA bundle: pass it as a
+# build secret (`--secret id=cacert,src=/etc/ssl/certs/ca-certificates.crt`); it is never stored
+# in a layer, and without it pip uses its own.
 
 FROM debian:bookworm-slim AS python
 RUN apt-get update \
- && apt-get install -y --no-install-recommends python3 python3-venv ca-certificates \
- && rm -rf /var/lib/apt/lists/*
+ && apt-get install -y --no-install-recommends python3 ca-certificates \
+ && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /var/cache/apt/archives/*.deb
 ENV PATH=/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
 
 # the dependencies alone (read from pyproject.toml), so a source change does not reinstall them
-FROM python AS deps
-WORKDIR /opt/cdi-py
-COPY pyproject.toml ./
+FROM python AS build
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends python3-venv \
+ && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /var/cache/apt/archives/*.deb
+COPY pyproject.toml /tmp/
 RUN --mount=type=secret,id=cacert \
     if [ -s /run/secrets/cacert ]; then export PIP_CERT=/run/secrets/cacert; fi \
  && python3 -m venv /opt/venv \
- && python3 -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+ && python3 -c "import tomllib; print('\n'.join(tomllib.load(open('/tmp/pyproject.toml', 'rb'))['project']['dependencies']))" \
       > /tmp/requirements.txt \
- && /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check -r /tmp/requirements.txt \
- && rm /tmp/requirements.txt
+ && /opt/venv/bin/pip install --no-cache-dir --no-compile --disable-pip-version-check -r /tmp/requirements.txt
 
-FROM deps AS app
-COPY README.md ./
-COPY cdi ./cdi
-COPY importer ./importer
-COPY uploadproxy ./uploadproxy
-COPY cloner ./cloner
-RUN --mount=type=secret,id=cacert \
-    if [ -s /run/secrets/cacert ]; then export PIP_CERT=/run/secrets/cacert; fi \
- && /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check --no-deps . \
- && python3 -m compileall -q /opt/venv
+# the venv as the images get it: no pip or setuptools; kubernetes' asyncio client (42 MB, unused:
+# we use the synchronous one) dropped; compiled once (hash-checked .pyc: an image never changes);
+# our packages at /opt/cdi-py on its path
+FROM build AS venv
+RUN /opt/venv/bin/python -m pip uninstall -q -y pip setuptools \
+ && site=$(/opt/venv/bin/python -c "import sysconfig; print(sysconfig.get_path('purelib'))") \
+ && rm -rf "$site/kubernetes/aio" \
+ && echo /opt/cdi-py > "$site/cdi-py.pth" \
+ && python3 -m compileall -q -j 0 --invalidation-mode unchecked-hash /opt/venv
+
+# our packages: pure Python, run as `python -m ...`, so they are copied and compiled, not pip-installed
+FROM python AS app
+COPY cdi /opt/cdi-py/cdi
+COPY importer /opt/cdi-py/importer
+COPY uploadproxy /opt/cdi-py/uploadproxy
+COPY cloner /opt/cdi-py/cloner
+RUN python3 -m compileall -q -j 0 --invalidation-mode unchecked-hash /opt/cdi-py
 
 FROM python AS controller
-COPY --from=app /opt/venv /opt/venv
+COPY --from=venv /opt/venv /opt/venv
+COPY --from=app /opt/cdi-py /opt/cdi-py
 # numeric, so the kubelet can verify runAsNonRoot; deploy/ sets the same UID
 USER 1001
 EXPOSE 8080 8443
@@ -55,9 +69,10 @@ CMD ["--standalone", "--all-namespaces", "--liveness=http://0.0.0.0:8080/healthz
 FROM python AS worker
 RUN apt-get update \
  && apt-get install -y --no-install-recommends qemu-utils \
- && rm -rf /var/lib/apt/lists/*
-COPY --from=app /opt/venv /opt/venv
-RUN mkdir -p /data /scratch && chown 107:107 /data /scratch
+ && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /var/cache/apt/archives/*.deb \
+ && mkdir -p /data /scratch && chown 107:107 /data /scratch
+COPY --from=venv /opt/venv /opt/venv
+COPY --from=app /opt/cdi-py /opt/cdi-py
 # CDI's importer and upload pods run as 107 with the volume at /data (or /dev/cdi-block-volume)
 USER 107
 EXPOSE 8443
