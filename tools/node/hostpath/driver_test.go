@@ -94,6 +94,9 @@ func TestFilesystemCloneAndRestoreKeepBytesAndHoles(t *testing.T) {
 	clone := createVolume(t, c, "clone", false, 64*mib, volumeSource(src.VolumeId))
 	restored := createVolume(t, c, "restored", false, 128*mib, snapshotSource(snap.Snapshot.SnapshotId))
 	for _, v := range []*csi.Volume{clone, restored} {
+		if info, err := os.Stat(filepath.Join(d.stateDir, v.VolumeId)); err != nil || info.Mode().Perm() != 0o777 {
+			t.Errorf("%s: the volume's directory lost its mode 0777 (%v, %v)", v.VolumeId, info, err)
+		}
 		copied := filepath.Join(d.stateDir, v.VolumeId, "disk.img")
 		if got := readAt(t, copied, 50*mib, len(data)); !bytes.Equal(got, data) {
 			t.Errorf("%s: disk.img lost its data", v.VolumeId)

@@ -7,14 +7,19 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
 )
 
 // isMountPoint tells whether path is the mount point of some mount in /proc/self/mountinfo
-// (a bind mount of a directory or a file shows there like any other).
+// (a bind mount of a directory or a file shows there like any other). mountinfo names mount
+// points without symlinks, so path is resolved first.
 func isMountPoint(path string) (bool, error) {
+	if real, err := filepath.EvalSymlinks(path); err == nil {
+		path = real
+	}
 	f, err := os.Open("/proc/self/mountinfo")
 	if err != nil {
 		return false, err
