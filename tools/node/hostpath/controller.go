@@ -191,13 +191,24 @@ func (c controller) DeleteVolume(_ context.Context, req *csi.DeleteVolumeRequest
 	if v == nil {
 		return &csi.DeleteVolumeResponse{}, nil
 	}
-	if len(v.Published) > 0 {
-		return nil, status.Errorf(codes.FailedPrecondition, "volume %s is still published at %d paths", id, len(v.Published))
+	if target := stillMounted(v); target != "" {
+		return nil, status.Errorf(codes.FailedPrecondition, "volume %s is still published at %s", id, target)
 	}
 	if err := c.removeVolume(v); err != nil {
 		return nil, err
 	}
 	return &csi.DeleteVolumeResponse{}, nil
+}
+
+// stillMounted returns a target where v is still mounted, "" if none. Targets recorded but
+// no longer mounted (a node torn down without NodeUnpublishVolume) do not keep v alive.
+func stillMounted(v *Volume) string {
+	for target := range v.Published {
+		if mounted, err := isMountPoint(target); err != nil || mounted {
+			return target
+		}
+	}
+	return ""
 }
 
 func (d *driver) removeVolume(v *Volume) error {

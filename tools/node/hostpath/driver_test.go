@@ -209,6 +209,34 @@ func TestReadOnlyPublish(t *testing.T) {
 	}
 }
 
+// A volume recorded as published at a target that is no longer mounted (its node was torn down
+// without NodeUnpublishVolume) can still be deleted; one still mounted cannot.
+func TestDeleteVolumeChecksRecordedTargetsAreStillMounted(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("mounts need root")
+	}
+	d := newTestDriver(t)
+	c := controller{driver: d}
+	v := createVolume(t, c, "published", false, mib, nil)
+	target := filepath.Join(t.TempDir(), "mount")
+	_, err := node{driver: d}.NodePublishVolume(context.Background(), &csi.NodePublishVolumeRequest{VolumeId: v.VolumeId,
+		TargetPath: target, VolumeCapability: volumeRequest("", false, 0, nil).VolumeCapabilities[0]})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unmountAll(target) })
+	_, err = c.DeleteVolume(context.Background(), &csi.DeleteVolumeRequest{VolumeId: v.VolumeId})
+	if status.Code(err) != codes.FailedPrecondition {
+		t.Fatalf("deleting a mounted volume returned %v, want FailedPrecondition", err)
+	}
+	if err := unmountAll(target); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.DeleteVolume(context.Background(), &csi.DeleteVolumeRequest{VolumeId: v.VolumeId}); err != nil {
+		t.Errorf("deleting a volume whose target was unmounted behind the driver's back: %v", err)
+	}
+}
+
 func TestValidIDRefusesPathsOutsideTheStateDirectory(t *testing.T) {
 	for _, id := range []string{"", ".", "..", "../etc", "a/b", "snapshots", "state.json", ".hidden", "x.tmp"} {
 		if validID(id) {
