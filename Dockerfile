@@ -23,6 +23,9 @@ FROM debian:bookworm-slim AS python
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3 ca-certificates \
  && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /var/cache/apt/archives/*.deb
+# the users the images run as exist by name: kopf (and anything calling getpass) looks the uid up
+RUN useradd --system --uid 1001 --user-group --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin cdi \
+ && useradd --system --uid 107 --user-group --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin cdi-worker
 ENV PATH=/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
 

@@ -1,10 +1,13 @@
-"""Storage through a real CSI driver: csi-driver-host-path and the sidecars a cluster runs beside
-it, as processes on the node (not pods: they need no image, and the host is the node).
+"""Storage through a real CSI driver: ``hostpathplugin`` (our own small hostpath driver in Go,
+``tools/node/hostpath``: the Go module proxy here does not serve csi-driver-host-path) and the
+upstream sidecars a cluster runs beside it, as processes on the node (not pods: they need no
+image, and the host is the node).
 
 - ``hostpathplugin`` serves the CSI Identity, Controller and Node services on a unix socket;
-  volumes are directories (Filesystem) or files attached as loop devices (Block) under its
-  state directory, snapshots are archives of them;
-- ``csi-node-driver-registrar`` registers the driver with kubelet's plugin watcher;
+  volumes are directories (Filesystem) or sparse files attached as loop devices (Block) under its
+  state directory; snapshots, clones and restores are sparse copies (csi-sanity passes);
+- ``csi-node-driver-registrar`` (ours: the upstream module is not served here) registers the driver
+  with kubelet's plugin watcher;
 - ``csi-provisioner``, ``csi-resizer``, ``csi-snapshotter`` watch claims, resizes and
   VolumeSnapshotContents and call the driver; ``snapshot-controller`` (with the VolumeSnapshot
   CRDs) binds VolumeSnapshots to contents.
@@ -58,8 +61,7 @@ def commands(bin_dir: Path, layout: NodeLayout, node: str, kubeconfig: Path) -> 
                            "--enable-volume-expansion=true", "--v=2"],
         "csi-node-driver-registrar": [str(bin_dir / "csi-node-driver-registrar"), address,
                                       f"--kubelet-registration-path={sock}",
-                                      f"--plugin-registration-path={layout.kubelet_dir / 'plugins_registry'}",
-                                      "--v=2"],
+                                      f"--plugin-registration-path={layout.kubelet_dir / 'plugins_registry'}"],
         "csi-provisioner": [str(bin_dir / "csi-provisioner"), address, *common, "--feature-gates=Topology=true",
                             "--extra-create-metadata", "--timeout=60s"],
         "csi-resizer": [str(bin_dir / "csi-resizer"), address, *common],

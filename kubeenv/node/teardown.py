@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import time
@@ -111,7 +112,7 @@ def remove_iptables_chains() -> None:
         ours = {line[1:].split()[0] for line in out.splitlines()
                 if line.startswith(":") and line[1:].startswith(CNI_CHAIN_PREFIXES)}
         for line in out.splitlines():
-            words = line.split()
+            words = shlex.split(line)  # rules carry quoted comments ("CNI firewall plugin rules")
             if line.startswith("-A ") and "-j" in words and words[words.index("-j") + 1] in ours \
                     and words[1] not in ours:
                 subprocess.run(["iptables", "-t", table, "-D", *words[1:]], capture_output=True)
