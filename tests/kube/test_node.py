@@ -70,6 +70,11 @@ def phase_of(core: client.CoreV1Api, ns: str, name: str, *phases: str, timeout: 
                     lambda: str(core.read_namespaced_pod(name, ns).status))
 
 
+def log_of(core: client.CoreV1Api, ns: str, name: str) -> str:
+    """A pod's log as text (the client's own decoding turns it into a bytes repr)."""
+    return bytes(core.read_namespaced_pod_log(name, ns, _preload_content=False).data).decode()
+
+
 def terminated(p: client.V1Pod) -> client.V1ContainerStateTerminated:
     return p.status.container_statuses[0].state.terminated
 
@@ -119,9 +124,9 @@ def test_service_by_dns_name_and_the_apiserver(core: client.CoreV1Api, ns: str, 
     script = f'for i in $(seq 30); do python3 -c "{fetch}" && exit 0; sleep 1; done; exit 1'
     core.create_namespaced_pod(ns, pod("client", image, script))
     done = phase_of(core, ns, "client", "Succeeded", "Failed")
-    out = core.read_namespaced_pod_log("client", ns).split()
+    out = log_of(core, ns, "client").split()
     assert done.status.phase == "Succeeded", out
-    assert out[-2:][0] == "served" and out[-1].startswith("v1.")
+    assert out[-2] == "served" and out[-1].startswith("v1.")
 
 
 def test_filesystem_and_block_claims_from_the_csi_driver(core: client.CoreV1Api, ns: str, image: str,
@@ -129,7 +134,7 @@ def test_filesystem_and_block_claims_from_the_csi_driver(core: client.CoreV1Api,
     marker = uuid.uuid4().hex
     core.create_namespaced_persistent_volume_claim(ns, claim("files"))
     core.create_namespaced_persistent_volume_claim(ns, claim("device", mode="Block"))
-    spec = pod("writer", image, f"echo {marker} > /data/marker && printf {marker} | dd of=/dev/disk conv=notrunc",
+    spec = pod("writer", image, f"echo {marker} > /data/marker && printf {marker} | dd of=/dev/disk conv=notrunc,fsync",
                securityContext={"fsGroup": 107}, container={
                    "volumeMounts": [{"name": "files", "mountPath": "/data"}],
                    "volumeDevices": [{"name": "device", "devicePath": "/dev/disk"}]},
@@ -137,7 +142,7 @@ def test_filesystem_and_block_claims_from_the_csi_driver(core: client.CoreV1Api,
                         {"name": "device", "persistentVolumeClaim": {"claimName": "device"}}])
     core.create_namespaced_pod(ns, spec)
     done = phase_of(core, ns, "writer", "Succeeded", "Failed")
-    assert done.status.phase == "Succeeded", core.read_namespaced_pod_log("writer", ns)
+    assert done.status.phase == "Succeeded", log_of(core, ns, "writer")
     state = node.layout.csi_dir / "state"
     files, device = (core.read_persistent_volume(core.read_namespaced_persistent_volume_claim(n, ns).spec.volume_name)
                      for n in ("files", "device"))
@@ -177,4 +182,4 @@ def test_volume_snapshot_restores_into_a_new_claim(cluster: Cluster, core: clien
                                        securityContext={"fsGroup": 107},
                                        container={"volumeMounts": [{"name": "v", "mountPath": "/data"}]}))
     assert phase_of(core, ns, "read", "Succeeded", "Failed").status.phase == "Succeeded"
-    assert core.read_namespaced_pod_log("read", ns).strip() == marker
+    assert log_of(core, ns, "read").strip() == marker
