@@ -44,7 +44,7 @@ RBD_SETS = [{"accessModes": ["ReadWriteMany"], "volumeMode": "Block"},
             {"accessModes": ["ReadWriteOnce"], "volumeMode": "Filesystem"}]
 
 
-def sc(name: str, provisioner: str = "topolvm.io", annotations: dict[str, str] | None = None,
+def sc(name: str, provisioner: str = "kubevirt.io.hostpath-provisioner", annotations: dict[str, str] | None = None,
        created: str | None = None, **extra: Any) -> dict[str, Any]:
     metadata: dict[str, Any] = {"name": name, "annotations": annotations or {}}
     if created:
@@ -285,9 +285,8 @@ def test_profile_for_a_known_provisioner() -> None:
                                             "app.kubernetes.io/component": "storage"}
     assert result["spec"] == {}
     assert result["status"] == {
-        "storageClass": "cdi-local", "provisioner": "topolvm.io",
-        "claimPropertySets": [{"accessModes": ["ReadWriteOnce"], "volumeMode": "Block"},
-                              {"accessModes": ["ReadWriteOnce"], "volumeMode": "Filesystem"}],
+        "storageClass": "cdi-local", "provisioner": "kubevirt.io.hostpath-provisioner",
+        "claimPropertySets": [{"accessModes": ["ReadWriteOnce"], "volumeMode": "Filesystem"}],
         "cloneStrategy": "copy", "dataImportCronSourceFormat": "pvc"}
     assert to_json(from_json(StorageProfile, result)) == {k: v for k, v in result.items()
                                                           if k in ("spec", "status")}
