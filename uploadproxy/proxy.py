@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from . import eventloop, tokens
 from .cors import cors_middleware
 from .paths import ASYNC, CONTENT_TYPE_HEADER, HEALTHZ, ID_HEADER, PROXY_PATHS, RESUMABLE, ROUTES, archive_path
-from .relay import relay
+from .relay import relay_when_reachable
 from .resolver import NotReady, Ready, Resolver, StaticResolver
 from .settings import ProxySettings
 from .tls import client_context, server_context
@@ -127,7 +127,7 @@ class UploadProxy:
             return text_response(refused.status, str(refused))
         assert self.session is not None
         try:
-            return await relay(request, self.session, found.url + path, extra, found.server_name)
+            return await relay_when_reachable(request, self.session, found.url + path, extra, found.server_name)
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as error:
             log.error("proxying to %s failed: %s", found.url, error)
             return text_response(500, f"error proxying the upload: {error}")

@@ -10,6 +10,8 @@ still sending) is relayed at once; aiohttp then drains what the client still sen
 
 from __future__ import annotations
 
+import asyncio
+
 import logging
 from typing import Mapping
 
@@ -54,3 +56,26 @@ async def relay(request: web.Request, session: aiohttp.ClientSession, url: str,
                 await response.write(piece)
         await response.write_eof()
         return response
+
+
+REACH_PATIENCE = 10.0
+"""How long a refused connection to a new upload server is retried: its pod is Ready, but the
+node's Service routing (kube-proxy) may not carry it yet."""
+
+
+async def relay_when_reachable(request: web.Request, session: aiohttp.ClientSession, url: str,
+                               extra_headers: Mapping[str, str], server_name: str | None = None,
+                               patience: float = REACH_PATIENCE) -> web.StreamResponse:
+    """:func:`relay`, retrying while the upstream cannot be connected to (nothing of the request
+    has been read then); a certificate that does not verify is never retried."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + patience
+    while True:
+        try:
+            return await relay(request, session, url, extra_headers, server_name)
+        except aiohttp.ClientConnectorCertificateError:
+            raise
+        except aiohttp.ClientConnectorError:
+            if loop.time() > deadline:
+                raise
+            await asyncio.sleep(0.25)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import subprocess
 from pathlib import Path
 
 from kubeenv.node.layout import BRIDGE, POD_CIDR, NodeLayout
@@ -34,6 +35,25 @@ def write_config(layout: NodeLayout) -> None:
         ],
     }
     (layout.cni_conf_dir / "10-cdi-py.conflist").write_text(json.dumps(conflist, indent=2) + "\n")
+
+
+SERVICE_GUARD_CHAIN = "CNI-CDIPY-SERVICES"
+
+
+def guard_service_range(service_cidr: str) -> None:
+    """Refuse pod traffic to a Service IP that kube-proxy did not translate (yet).
+
+    Service IPs are virtual: on a real network they lead nowhere and a connection fails. Here the
+    default route leads to a proxy that intercepts every connection, so a pod that dialled a
+    Service kube-proxy had not programmed yet met that proxy's TLS certificate instead of an
+    error. The chain's ``CNI-`` prefix puts it in the teardown's sweep.
+    """
+    rules = [["-N", SERVICE_GUARD_CHAIN],
+             ["-A", SERVICE_GUARD_CHAIN, "-s", POD_CIDR, "-d", service_cidr, "-j", "REJECT",
+              "--reject-with", "icmp-port-unreachable"],
+             ["-I", "FORWARD", "1", "-j", SERVICE_GUARD_CHAIN]]
+    for rule in rules:
+        subprocess.run(["iptables", "-t", "filter", *rule], check=True, capture_output=True)
 
 
 def gateway() -> str:

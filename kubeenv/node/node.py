@@ -26,7 +26,7 @@ from typing import Any
 import yaml
 
 from kubeenv.binaries import Binaries
-from kubeenv.controlplane import ControlPlane, primary_ip
+from kubeenv.controlplane import SERVICE_CIDR, ControlPlane, primary_ip
 from kubeenv.kubeconfig import write_kubeconfig
 from kubeenv.node import addons, cni, containerd, csi, kubelet, proxy, teardown
 from kubeenv.node.layout import NODE_NAME, NodeLayout
@@ -79,6 +79,7 @@ class Node:
         layout = self.layout
         containerd.write_config(layout, images["pause"], registry)
         cni.write_config(layout)
+        cni.guard_service_range(SERVICE_CIDR)
         self._spawn("containerd", containerd.argv(layout), die_with_parent)
         self._wait(layout.containerd_socket.exists, "containerd's socket", deadline)
         certs = issue_node_certs(layout.pki, plane.pki_pair("ca"), self.name, (self.node_ip,))
@@ -144,6 +145,9 @@ class Node:
     def _clear_host(self) -> None:
         layout = self.layout
         teardown.kill_processes(layout.root)
+        # kubelet's own loop device over a Block volume's shows its backing path only while the
+        # volume's mounts exist: detach before unmounting, then again for what was held
+        teardown.detach_loops(layout.root)
         teardown.unmount_all(layout.root, layout.images)
         teardown.remove_netns(teardown.pod_netns(set(self.netns_before)))
         teardown.detach_loops(layout.root)

@@ -169,8 +169,15 @@ def loop_devices(*roots: Path) -> list[str]:
 
 
 def detach_loops(*roots: Path) -> None:
-    for device in loop_devices(*roots):
-        subprocess.run(["losetup", "--detach", device], capture_output=True)
+    """Detach, in rounds: kubelet holds a Block volume with a loop device of its own over the
+    driver's, and the inner one is busy until the outer is gone."""
+    for _ in range(10):
+        devices = loop_devices(*roots)
+        if not devices:
+            return
+        for device in devices:
+            subprocess.run(["losetup", "--detach", device], capture_output=True)
+        time.sleep(0.2)
 
 
 def leftovers(layout: NodeLayout, netns_before: set[str], nft_before: set[str]) -> list[str]:

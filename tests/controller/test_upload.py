@@ -95,7 +95,7 @@ def test_curl_sync_upload_into_a_block_volume(custom: client.CustomObjectsApi, c
     wait_phase(custom, ns, "blk", "UploadReady", controller)
     image = images["disk.raw.zst"]
     code, body = curl_upload(upload_proxy, upload_pki, tokens.issue(token_key, ns, "blk"), image.path)
-    assert code == 200, body
+    assert code == 200, body + upload_proxy.log()[-3000:]
     wait_phase(custom, ns, "blk", "Succeeded", controller)
     assert sha256_prefix(volume_path(core, ns, "blk"), image.raw_size) == image.raw_sha256
 
@@ -166,7 +166,7 @@ def test_refusals_keep_the_volume_usable(custom: client.CustomObjectsApi, core: 
 
     image = images["disk.qcow2"]
     code, body = curl_upload(upload_proxy, upload_pki, tokens.issue(token_key, ns, "small"), image.path)
-    assert code == 200, body
+    assert code == 200, body + upload_proxy.log()[-3000:]
     wait_phase(custom, ns, "small", "Succeeded", controller)
     assert sha256_prefix(volume_path(core, ns, "small"), image.raw_size) == image.raw_sha256
 
