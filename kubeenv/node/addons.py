@@ -25,14 +25,10 @@ COREFILE = f""".:{DNS_PORT} {{
         fallthrough in-addr.arpa ip6.arpa
         ttl 5
     }}
+    forward . /etc/resolv.conf
     cache 5
 }}
 """
-"""No ``forward``: the cluster's pods have no business outside it here, and this machine's resolver
-answers every name (outbound traffic goes through an intercepting proxy). With forwarding, a
-Service name CoreDNS did not know yet (``cdi-upload-<pvc>.<ns>.svc``, just created) fell through
-the search list to the upstream, which returned the proxy's address, and the upload proxy then met
-a TLS certificate from that proxy instead of the upload server's."""
 
 
 def kubelet_api_access() -> list[Manifest]:
