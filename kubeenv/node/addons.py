@@ -25,10 +25,14 @@ COREFILE = f""".:{DNS_PORT} {{
         fallthrough in-addr.arpa ip6.arpa
         ttl 5
     }}
-    forward . /etc/resolv.conf
     cache 5
 }}
 """
+"""No ``forward`` to the host's resolver: pods here have nothing to look up outside the cluster, and
+that resolver answered for a Service name CoreDNS did not serve yet (``cdi-upload-<pvc>.<ns>.svc``,
+a second after its creation, once the search list ran out) with the address of this machine's
+intercepting proxy, so the upload proxy met that proxy's certificate instead of a "not found" it
+would retry."""
 
 
 def kubelet_api_access() -> list[Manifest]:
