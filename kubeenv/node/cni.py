@@ -37,23 +37,22 @@ def write_config(layout: NodeLayout) -> None:
     (layout.cni_conf_dir / "10-cdi-py.conflist").write_text(json.dumps(conflist, indent=2) + "\n")
 
 
-SERVICE_GUARD_CHAIN = "CNI-CDIPY-SERVICES"
+ADMIN_CHAIN = "CNI-ADMIN"
 
 
 def guard_service_range(service_cidr: str) -> None:
     """Refuse pod traffic to a Service IP that kube-proxy did not translate (yet).
 
     Service IPs are virtual: on a real network they lead nowhere and a connection fails. Here the
-    default route leads to a proxy that intercepts every connection, so a pod that dialled a
-    Service kube-proxy had not programmed yet met that proxy's TLS certificate instead of an
-    error. The chain's ``CNI-`` prefix puts it in the teardown's sweep.
+    default route leads to a proxy that intercepts every connection (a pod's TLS connection to
+    ``10.9.9.9:8443`` gets a certificate), so a pod that dialled a Service kube-proxy had not
+    programmed yet met that proxy instead of an error it would retry. The rule goes into the
+    firewall plugin's ``CNI-ADMIN`` chain, which it evaluates before accepting pod traffic (rules
+    put into FORWARD end up behind kube-proxy's and the plugin's); the teardown sweeps ``CNI-*``.
     """
-    rules = [["-N", SERVICE_GUARD_CHAIN],
-             ["-A", SERVICE_GUARD_CHAIN, "-s", POD_CIDR, "-d", service_cidr, "-j", "REJECT",
-              "--reject-with", "icmp-port-unreachable"],
-             ["-I", "FORWARD", "1", "-j", SERVICE_GUARD_CHAIN]]
-    for rule in rules:
-        subprocess.run(["iptables", "-t", "filter", *rule], check=True, capture_output=True)
+    subprocess.run(["iptables", "-t", "filter", "-N", ADMIN_CHAIN], capture_output=True)  # may exist
+    subprocess.run(["iptables", "-t", "filter", "-A", ADMIN_CHAIN, "-s", POD_CIDR, "-d", service_cidr,
+                    "-j", "REJECT", "--reject-with", "icmp-port-unreachable"], check=True, capture_output=True)
 
 
 def gateway() -> str:
