@@ -47,7 +47,7 @@ from .progress import Progress, ProgressListener
 from .readahead import ReadAhead
 from .sources import Source, SourceInfo
 from .stream import CHUNK, ChunkReader, Prefetch, tap
-from .target import DiskTarget, TargetSpec, usable_space
+from .target import DiskTarget, TargetSpec, inspect_target, usable_space
 
 log = logging.getLogger(__name__)
 
@@ -159,12 +159,12 @@ class _Run:
             return direct
         reader = ChunkReader(Prefetch(tap(self.source.chunks(0), self._received)))
         self.cleanup.callback(reader.close)
-        kind = magic.detect(reader.peek(magic.HEADER_BYTES))
+        kind = self._detect(reader)
         while magic.is_compression(kind):
             self.compression.append(kind)
             reader = ChunkReader(Prefetch(decompress(kind, reader)))
             self.cleanup.callback(reader.close)
-            kind = magic.detect(reader.peek(magic.HEADER_BYTES))
+            kind = self._detect(reader)
         self.reader = reader
         self.format = kind
         if self.archive is not None and kind != "tar":
@@ -174,6 +174,17 @@ class _Run:
         log.info("%s: %s%s via %s", self.info.name, kind,
                  "".join(f" in {c}" for c in reversed(self.compression)), self.route)
         return self.route
+
+    def _detect(self, reader: ChunkReader) -> str:
+        """The kind of what ``reader`` holds; an empty stream is an error, never a blank disk
+        (a 0-byte file, upload or decompressed layer is almost always a failed export)."""
+        head = reader.peek(magic.HEADER_BYTES)
+        if not head:
+            assert self.info is not None
+            inside = f" inside {'+'.join(self.compression)}" if self.compression else ""
+            raise InvalidImage(f"{self.info.name} is empty (0 bytes{inside}): refusing to make "
+                               "a blank disk of it")
+        return magic.detect(head)
 
     def _served(self, nbytes: int) -> None:
         """Bytes qemu-img read from the source through the NBD socket."""
@@ -406,6 +417,8 @@ def run_import(source: Source, target: TargetSpec, options: ImportOptions | None
     """Import ``source`` into ``target``; on any failure nothing that looks complete is left."""
     options = options or ImportOptions()
     started = time.monotonic()
+    if options.content_type != "archive":
+        refuse_self_import(source, target)
     for attempt in range(MAX_RESTARTS + 1):
         try:
             if options.content_type == "archive":
@@ -422,6 +435,23 @@ def run_import(source: Source, target: TargetSpec, options: ImportOptions | None
         finally:
             source.close()
     raise AssertionError("unreachable")
+
+
+def refuse_self_import(source: Source, target: TargetSpec) -> None:
+    """A local source that is the target's own image (or device) would be read while it is
+    overwritten: refused before the target is opened, so nothing is touched."""
+    local = getattr(source, "local_path", None)
+    if local is None:
+        return
+    final, _ = inspect_target(Path(target.path))
+    try:
+        mine, theirs = os.stat(local()), os.stat(final)
+    except OSError:
+        return
+    same_file = (mine.st_dev, mine.st_ino) == (theirs.st_dev, theirs.st_ino)
+    same_device = bool(mine.st_rdev) and mine.st_rdev == theirs.st_rdev
+    if same_file or same_device:
+        raise InvalidSource(f"refusing to import {local()} into itself ({final})")
 
 
 def _unpack(source: Source, target: TargetSpec, options: ImportOptions) -> ImportResult:
