@@ -183,7 +183,7 @@ class _Run:
             assert self.info is not None
             inside = f" inside {'+'.join(self.compression)}" if self.compression else ""
             raise InvalidImage(f"{self.info.name} is empty (0 bytes{inside}): refusing to make "
-                               "a blank disk of it")
+                               "a blank disk of it", reason="EmptyImage")
         return magic.detect(head)
 
     def _served(self, nbytes: int) -> None:
