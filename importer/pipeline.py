@@ -22,7 +22,8 @@ route                          when
 
 Every phase that changes the target can be undone: any failure aborts the
 :class:`~importer.target.DiskTarget` (the partial file is removed) and removes scratch files.
-A source that changes while it is read (:class:`SourceChanged`) starts the import over.
+A source that changes while it is read (:class:`SourceChanged`), or whose advertised ranges
+turn out not to work (:class:`RangesIgnored`), starts the import over.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from . import progress as phases
 from .archive import ArchiveExtractor
 from .checksum import Checksum, ChecksumVerifier
 from .errors import (CdiImportError, ImageTooLarge, InvalidImage, InvalidSource, PermanentError,
-                     ScratchSpaceRequired, SourceChanged)
+                     RangesIgnored, ScratchSpaceRequired, SourceChanged)
 from .formats import magic
 from .formats.decompress import decompress
 from .progress import Progress, ProgressListener
@@ -428,10 +429,10 @@ def run_import(source: Source, target: TargetSpec, options: ImportOptions | None
                     result = _Run(source, options, disk=disk).run()
             result.seconds = time.monotonic() - started
             return result
-        except SourceChanged:
+        except (SourceChanged, RangesIgnored) as error:
             if attempt == MAX_RESTARTS:
                 raise
-            log.warning("the source changed during the import; starting over")
+            log.warning("%s; starting over", error)
         finally:
             source.close()
     raise AssertionError("unreachable")

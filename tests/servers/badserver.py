@@ -10,6 +10,7 @@ behaviour              what it does
 ``no-accept-ranges``   no ``Accept-Ranges``; ``Range`` ignored (always 200, whole body)
 ``bad-content-type``   ``Content-Type: text/html``
 ``reset``              every response is cut (connection aborted) after ``cut`` bytes
+``reset-once``         only the first response is cut after ``cut`` bytes
 ``drip``               slow: 64 KiB at a time with pauses
 ``changing``           the first response is cut and has ETag v1; later ones have ETag v2
 ``vanishing``          first response cut; then 404, then 503, then fine again
@@ -20,8 +21,8 @@ behaviour              what it does
 ``record``             serves the file and records the request headers
 ``status-<code>``      answers with that status code
 ``empty``              a 200 with an empty body (0 bytes)
-``range-from-zero``    answers every Range request with 206 and the whole file from byte 0
-                       (its ``Content-Range`` honestly says ``bytes 0-...``)
+``range-from-zero``    answers a Range request that starts past byte 0 with 206 and the
+                       whole file from byte 0 (its ``Content-Range`` honestly says so)
 ``range-wrong-total``  206 answers whose ``Content-Range`` total is one more than the size
 ``range-no-header``    206 answers without any ``Content-Range``
 ``ignore-ranges``      advertises ``Accept-Ranges: bytes`` but answers 200 (whole file) to
@@ -32,6 +33,8 @@ behaviour              what it does
 ``trickle``            1 byte every 0.1 s (far below any sane speed floor), forever
 ``stall``              64 KiB, then silence (the connection stays open)
 ``redirect-to``        302 to the URL in the ``to`` query parameter (any scheme)
+``/v2/...``            a registry that sends every client to the token realm
+                       :attr:`BadServer.registry_realm` (401 with a Bearer challenge)
 =====================  ======================================================================
 
 Behaviours combine with ``+`` (``reset+range-from-zero``). Every request's headers are
@@ -65,6 +68,8 @@ class BadServer:
     recorded: list[dict[str, str]] = field(default_factory=list)
     seen: list[tuple[str, dict[str, str]]] = field(default_factory=list)
     ssl_context: ssl.SSLContext | None = None
+    registry_realm: str = ""
+    """``/v2/...`` answers 401 with a Bearer challenge naming this token realm."""
     _loop: asyncio.AbstractEventLoop | None = None
     _runner: web.AppRunner | None = None
 
@@ -109,6 +114,12 @@ class BadServer:
             return web.Response(status=200, body=b"", headers={"Accept-Ranges": "bytes", "ETag": '"v1"'})
         return await self.send_file(request, flags, path, count)
 
+    async def registry(self, request: web.Request) -> web.Response:
+        """A registry that wants a token from :attr:`registry_realm`."""
+        self.seen.append((request.path, dict(request.headers)))
+        challenge = f'Bearer realm="{self.registry_realm}",service="bad"'
+        return web.Response(status=401, headers={"WWW-Authenticate": challenge})
+
     async def send_file(self, request: web.Request, flags: set[str], path: Path, count: int) -> web.StreamResponse:
         size = path.stat().st_size
         etag = '"v1"' if "changing" not in flags or count == 1 else '"v2"'
@@ -116,9 +127,11 @@ class BadServer:
         ranged = not flags & {"no-accept-ranges", "ignore-ranges"} and request.http_range.start is not None
         if ranged and request.headers.get("If-Range", etag) != etag:
             ranged = False
-        if ranged and "range-from-zero" not in flags:
+        if ranged:
             start = request.http_range.start or 0
             stop = min(size, request.http_range.stop or size)
+            if start and "range-from-zero" in flags:
+                start, stop = 0, size
         encoding = next((e for e in ("gzip", "deflate", "raw-deflate", "br") if e in flags), None)
         body = _encode(path.read_bytes()[start:stop], encoding) if encoding else None
         response = web.StreamResponse(status=206 if ranged else 200)
@@ -136,6 +149,12 @@ class BadServer:
         if request.method == "HEAD":
             return response
         if body is not None:
+            if flags & {"reset", "reset-once"} and (count == 1 or "reset" in flags):
+                await response.write(body[:self.cut])
+                await asyncio.sleep(0.05)
+                assert request.transport is not None
+                request.transport.abort()
+                return response
             await response.write(body)
         elif "trickle" in flags or "stall" in flags:
             await self._starve(request, response, flags, path)
@@ -149,7 +168,7 @@ class BadServer:
         """The file, cut after ``cut`` bytes where the behaviour says so; False when cut."""
         start, stop = span
         cut = None
-        if "reset" in flags or (flags & {"changing", "vanishing"} and count == 1):
+        if "reset" in flags or (flags & {"changing", "vanishing", "reset-once"} and count == 1):
             cut = self.cut
         step = 64 * 1024 if "drip" in flags else 1024 * 1024
         sent = 0
@@ -188,6 +207,7 @@ class BadServer:
             loop = asyncio.new_event_loop()
             self._loop = loop
             app = web.Application()
+            app.router.add_route("*", "/v2/{tail:.*}", self.registry)
             app.router.add_route("*", "/{behaviour}/{name}", self.handle)
             self._runner = web.AppRunner(app, access_log=None)
             loop.run_until_complete(self._runner.setup())
