@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import logging
 import re
+import time
 from dataclasses import dataclass, field
 from typing import Iterator
 from urllib.parse import quote, urlsplit
@@ -280,8 +281,9 @@ def _read_limited(response: requests.Response, limit: int, what: str) -> bytes:
     return b"".join(parts)
 
 
-def raw_chunks(response: requests.Response, what: str, size: int = CHUNK) -> Iterator[bytes]:
-    """The body as received (no content decoding), in pieces of about ``size`` bytes.
+def raw_chunks(response: requests.Response, what: str, size: int = CHUNK, linger: float = 0.25) -> Iterator[bytes]:
+    """The body as received (no content decoding), in pieces of about ``size`` bytes, handed
+    on after ``linger`` seconds when the link is slow (so the speed floor sees a drip).
 
     Reads with ``read1`` into our own buffer so that when the connection breaks, the bytes
     that did arrive are still yielded before SourceUnavailable: a resume then starts exactly
@@ -289,12 +291,14 @@ def raw_chunks(response: requests.Response, what: str, size: int = CHUNK) -> Ite
     """
     buffer = bytearray()
     failure: Exception | None = None
+    since = time.monotonic()
     try:
         while piece := response.raw.read1(size - len(buffer), decode_content=False):
             buffer += piece
-            if len(buffer) >= size:
+            if len(buffer) >= size or time.monotonic() - since >= linger:
                 yield bytes(buffer)
                 buffer.clear()
+                since = time.monotonic()
     except (urllib3.exceptions.HTTPError, requests.RequestException, OSError) as error:
         failure = error
     if buffer:
