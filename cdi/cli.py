@@ -22,6 +22,9 @@ from importer.pipeline import ImportResult
 from importer.progress import ProgressEvent
 from importer.quantity import parse_quantity
 
+from importer.sources import RetryPolicy
+
+from . import credentials
 from .imageupload import command as image_upload
 from .library import create_blank, import_image
 
@@ -72,10 +75,18 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--checksum", help="md5|sha1|sha256|sha512:<hex> of the source bytes")
     imp.add_argument("--cert-dir", type=Path, help="directory of CA certificates to trust")
     imp.add_argument("--insecure", action="store_true", help="skip TLS verification")
-    imp.add_argument("--username", help="basic auth user / S3 access key / registry user")
-    imp.add_argument("--password", help="basic auth password / S3 secret key")
+    imp.add_argument("--username", help="basic auth user / S3 access key / registry user ($CDI_USERNAME)")
+    imp.add_argument("--password", help="basic auth password / S3 secret key: visible to every user "
+                     "in the process list, prefer --password-file or $CDI_PASSWORD")
+    imp.add_argument("--password-file", help="read the password from the first line of FILE (- for stdin)")
     imp.add_argument("--header", action="append", default=[], help="extra 'Name: value' header")
     imp.add_argument("--secret-header", action="append", default=[], help="header never logged")
+    imp.add_argument("--secret-header-file", type=Path, help="secret 'Name: value' headers, one a line")
+    imp.add_argument("--speed-limit", type=int, default=RetryPolicy.speed_limit,
+                     help="bytes/s below which a transfer fails when it lasts --speed-time (0: off)")
+    imp.add_argument("--speed-time", type=float, default=RetryPolicy.speed_time, help="seconds; see --speed-limit")
+    imp.add_argument("--retry-time", type=float, default=RetryPolicy.retry_time,
+                     help="seconds one transfer may spend in all recovering from faults")
     imp.add_argument("--s3-endpoint", help="endpoint URL for s3:// sources")
     imp.add_argument("--source-kind", choices=["http", "s3", "registry", "file"],
                      help="override the kind the URL implies (e.g. s3 for https://host/bucket/key)")
@@ -134,12 +145,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             result = create_blank(args.target, args.size, preallocate=args.preallocate)
         else:
             bar = ProgressBar(enabled=not args.no_progress and not args.json)
+            creds = credentials.resolve(
+                args.source, args.source_kind, username=args.username, password=args.password,
+                password_file=args.password_file, secret_headers=args.secret_header,
+                secret_header_file=args.secret_header_file)
+            retry = RetryPolicy(speed_limit=args.speed_limit, speed_time=args.speed_time,
+                                retry_time=args.retry_time)
             try:
                 result = import_image(
                     args.source, args.target, size=args.size, checksum=args.checksum,
-                    progress=bar, source_kind=args.source_kind, username=args.username,
-                    password=args.password, cert_dir=args.cert_dir, insecure=args.insecure,
-                    headers=args.header, secret_headers=args.secret_header,
+                    progress=bar, source_kind=args.source_kind, username=creds.username,
+                    password=creds.password, cert_dir=args.cert_dir, insecure=args.insecure,
+                    headers=args.header, secret_headers=creds.secret_headers, retry=retry,
                     s3_endpoint=args.s3_endpoint, architecture=args.architecture,
                     preallocate=args.preallocate, filesystem_overhead=args.filesystem_overhead,
                     scratch_dir=args.scratch_dir, content_type=args.content_type)

@@ -12,6 +12,7 @@
     │   ├── ImageTooLarge           the image does not fit the target
     │   └── ChecksumMismatch        the bytes received are not the bytes promised
     ├── SourceChanged               the object changed mid-transfer: start the import over
+    ├── RangesIgnored               ranges advertised, not honoured: start over, sequentially
     └── ScratchSpaceRequired        a named outcome: this import needs a scratch directory
 
 The pod entrypoint turns these into CDI's termination message and an exit code; the
@@ -106,6 +107,15 @@ class ChecksumMismatch(PermanentError):
             f"checksum mismatch: checksum validation failed: expected {algorithm}:{expected}, "
             f"got {algorithm}:{actual}"
         )
+
+
+class RangesIgnored(CdiImportError):
+    """The server advertised ``Accept-Ranges`` but answered a ranged read with the whole
+    object. The source stops offering random access and the import starts over, reading in
+    order (a scratch file where the format needs one)."""
+
+    reason = "RangesIgnored"
+    permanent = False
 
 
 class ScratchSpaceRequired(CdiImportError):

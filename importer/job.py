@@ -21,7 +21,8 @@ def source_options(settings: PodSettings) -> SourceOptions:
         cert_dir=settings.cert_dir, proxy_cert_dir=settings.proxy_cert_dir,
         insecure=settings.insecure_tls, extra_headers=settings.extra_headers,
         secret_headers=settings.secret_headers, architecture=settings.architecture,
-        retry=RetryPolicy(attempts=settings.retry_attempts))
+        retry=RetryPolicy(attempts=settings.retry_attempts, speed_limit=settings.speed_limit,
+                          speed_time=settings.speed_time, retry_time=settings.retry_time))
 
 
 def target_spec(settings: PodSettings) -> TargetSpec:

@@ -22,7 +22,8 @@ route                          when
 
 Every phase that changes the target can be undone: any failure aborts the
 :class:`~importer.target.DiskTarget` (the partial file is removed) and removes scratch files.
-A source that changes while it is read (:class:`SourceChanged`) starts the import over.
+A source that changes while it is read (:class:`SourceChanged`), or whose advertised ranges
+turn out not to work (:class:`RangesIgnored`), starts the import over.
 """
 
 from __future__ import annotations
@@ -40,14 +41,14 @@ from . import progress as phases
 from .archive import ArchiveExtractor
 from .checksum import Checksum, ChecksumVerifier
 from .errors import (CdiImportError, ImageTooLarge, InvalidImage, InvalidSource, PermanentError,
-                     ScratchSpaceRequired, SourceChanged)
+                     RangesIgnored, ScratchSpaceRequired, SourceChanged)
 from .formats import magic
 from .formats.decompress import decompress
 from .progress import Progress, ProgressListener
 from .readahead import ReadAhead
 from .sources import Source, SourceInfo
 from .stream import CHUNK, ChunkReader, Prefetch, tap
-from .target import DiskTarget, TargetSpec, usable_space
+from .target import DiskTarget, TargetSpec, inspect_target, usable_space
 
 log = logging.getLogger(__name__)
 
@@ -159,12 +160,12 @@ class _Run:
             return direct
         reader = ChunkReader(Prefetch(tap(self.source.chunks(0), self._received)))
         self.cleanup.callback(reader.close)
-        kind = magic.detect(reader.peek(magic.HEADER_BYTES))
+        kind = self._detect(reader)
         while magic.is_compression(kind):
             self.compression.append(kind)
             reader = ChunkReader(Prefetch(decompress(kind, reader)))
             self.cleanup.callback(reader.close)
-            kind = magic.detect(reader.peek(magic.HEADER_BYTES))
+            kind = self._detect(reader)
         self.reader = reader
         self.format = kind
         if self.archive is not None and kind != "tar":
@@ -174,6 +175,17 @@ class _Run:
         log.info("%s: %s%s via %s", self.info.name, kind,
                  "".join(f" in {c}" for c in reversed(self.compression)), self.route)
         return self.route
+
+    def _detect(self, reader: ChunkReader) -> str:
+        """The kind of what ``reader`` holds; an empty stream is an error, never a blank disk
+        (a 0-byte file, upload or decompressed layer is almost always a failed export)."""
+        head = reader.peek(magic.HEADER_BYTES)
+        if not head:
+            assert self.info is not None
+            inside = f" inside {'+'.join(self.compression)}" if self.compression else ""
+            raise InvalidImage(f"{self.info.name} is empty (0 bytes{inside}): refusing to make "
+                               "a blank disk of it", reason="EmptyImage")
+        return magic.detect(head)
 
     def _served(self, nbytes: int) -> None:
         """Bytes qemu-img read from the source through the NBD socket."""
@@ -406,6 +418,8 @@ def run_import(source: Source, target: TargetSpec, options: ImportOptions | None
     """Import ``source`` into ``target``; on any failure nothing that looks complete is left."""
     options = options or ImportOptions()
     started = time.monotonic()
+    if options.content_type != "archive":
+        refuse_self_import(source, target)
     for attempt in range(MAX_RESTARTS + 1):
         try:
             if options.content_type == "archive":
@@ -415,13 +429,30 @@ def run_import(source: Source, target: TargetSpec, options: ImportOptions | None
                     result = _Run(source, options, disk=disk).run()
             result.seconds = time.monotonic() - started
             return result
-        except SourceChanged:
+        except (SourceChanged, RangesIgnored) as error:
             if attempt == MAX_RESTARTS:
                 raise
-            log.warning("the source changed during the import; starting over")
+            log.warning("%s; starting over", error)
         finally:
             source.close()
     raise AssertionError("unreachable")
+
+
+def refuse_self_import(source: Source, target: TargetSpec) -> None:
+    """A local source that is the target's own image (or device) would be read while it is
+    overwritten: refused before the target is opened, so nothing is touched."""
+    local = getattr(source, "local_path", None)
+    if local is None:
+        return
+    final, _ = inspect_target(Path(target.path))
+    try:
+        mine, theirs = os.stat(local()), os.stat(final)
+    except OSError:
+        return
+    same_file = (mine.st_dev, mine.st_ino) == (theirs.st_dev, theirs.st_ino)
+    same_device = bool(mine.st_rdev) and mine.st_rdev == theirs.st_rdev
+    if same_file or same_device:
+        raise InvalidSource(f"refusing to import {local()} into itself ({final})")
 
 
 def _unpack(source: Source, target: TargetSpec, options: ImportOptions) -> ImportResult:

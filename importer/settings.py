@@ -53,6 +53,12 @@ class PodSettings:
     """0 disables the metrics endpoint (the library and tests need no server)."""
     retry_attempts: int = 8
     """Retries of a temporary fault inside the pod before it exits for kubelet to restart it."""
+    speed_limit: int = 1024
+    """Bytes/s a transfer must keep up over ``speed_time`` seconds (``IMPORTER_SPEED_LIMIT``)."""
+    speed_time: float = 60.0
+    """``IMPORTER_SPEED_TIME``."""
+    retry_time: float = 300.0
+    """Seconds one transfer may spend in all recovering from faults (``IMPORTER_RETRY_TIME``)."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "PodSettings":
@@ -89,6 +95,9 @@ class PodSettings:
             termination_message_path=cls.termination_path_from_env(env),
             metrics_port=int(env.get("IMPORTER_METRICS_PORT", "8443")),
             retry_attempts=int(env.get("IMPORTER_RETRY_ATTEMPTS", "8")),
+            speed_limit=int(env.get("IMPORTER_SPEED_LIMIT", "1024")),
+            speed_time=float(env.get("IMPORTER_SPEED_TIME", "60")),
+            retry_time=float(env.get("IMPORTER_RETRY_TIME", "300")),
         )
 
     @staticmethod

@@ -2,9 +2,12 @@
 
 Writes are sparse: zero blocks become holes in files, and on block devices are punched
 (``fallocate(PUNCH_HOLE)``, which zeroes) or written as zeros where the device cannot punch.
-A file is written under a hidden temporary name and renamed into place only after it was
-resized, preallocated and fsynced, so a failed import never leaves a ``disk.img`` that looks
-complete; :meth:`DiskTarget.abort` removes the partial file. A block device cannot be
+A file is written under a hidden temporary name (``.disk.img.partial``) and renamed over
+``disk.img`` only after it was resized, preallocated and fsynced: until then a previous
+``disk.img`` stays exactly as it was, so a failed import loses nothing, and never leaves a
+``disk.img`` that looks complete; :meth:`DiskTarget.abort` removes the partial file. What is
+not a regular file, directory volume or block device (a character device, a FIFO, a socket,
+a directory named ``disk.img``) is refused before anything is written, and never unlinked. A block device cannot be
 renamed, so on failure its first MiB is zeroed and the failure reported.
 
 Capacity is enforced on every write: an image (or a decompression bomb) that would write
@@ -90,26 +93,24 @@ class DiskTarget:
 
     def __init__(self, spec: TargetSpec) -> None:
         self.spec = spec
-        path = Path(spec.path)
-        if path.is_dir():
-            path = path / DISK_IMAGE_NAME
-        self.final_path = path
-        self.is_block = path.exists() and stat.S_ISBLK(path.stat().st_mode)
+        self.final_path, kind = inspect_target(Path(spec.path))
+        self.is_block = kind == "block"
         self.preallocate = spec.preallocate
         self.highest_written = 0
         self.bytes_written = 0
         self.committed = False
         self._punch_works = True
+        self._replaced_bytes = 0
         if self.is_block:
-            self.work_path = path
-            self.fd = os.open(path, os.O_WRONLY)
+            self.work_path = self.final_path
+            self.fd = os.open(self.final_path, os.O_WRONLY)
             self.device_size = os.lseek(self.fd, 0, os.SEEK_END)
         else:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self.work_path = path.with_name(f".{path.name}.partial")
-            for stale in (self.work_path, path):
-                if stale.exists():
-                    stale.unlink()
+            self.final_path.parent.mkdir(parents=True, exist_ok=True)
+            self.work_path = self.final_path.with_name(f".{self.final_path.name}.partial")
+            if kind == "file":  # kept until the new image replaces it; its room is ours then
+                self._replaced_bytes = self.final_path.stat().st_blocks * 512
+            _remove_stale(self.work_path)
             self.fd = os.open(self.work_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o660)
             self.device_size = 0
         self.capacity = self._capacity()
@@ -122,7 +123,7 @@ class DiskTarget:
         size = self.spec.size
         if self.spec.check_free_space:
             st = os.statvfs(self.final_path.parent)
-            free = st.f_bavail * st.f_frsize
+            free = st.f_bavail * st.f_frsize + self._replaced_bytes
             size = free if size is None else min(size, free)
         if size is None:
             return None
@@ -246,6 +247,48 @@ class DiskTarget:
     def __exit__(self, exc_type: object, *rest: object) -> None:
         if not self.committed:
             self.abort()
+
+
+def inspect_target(path: Path) -> tuple[Path, str]:
+    """The disk image path for ``path`` and what is there now: ``new`` (nothing), ``file``
+    (a previous image, kept until the new one replaces it) or ``block`` (a device).
+
+    Anything else is refused before a byte is written and is never unlinked: a directory
+    where the image should be, a character device, a FIFO or a socket (writing to one would
+    hang or feed a device; replacing one would destroy what someone put there)."""
+    if path.is_dir():
+        path = path / DISK_IMAGE_NAME
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return path, "new"
+    except OSError as error:
+        raise PermanentError(f"cannot use {path} as the target: {error.strerror}",
+                             reason="InvalidTarget") from error
+    if stat.S_ISBLK(mode):
+        return path, "block"
+    if stat.S_ISREG(mode):
+        return path, "file"
+    what = _KINDS.get(stat.S_IFMT(mode), "not a regular file")
+    raise PermanentError(f"refusing to import into {path}: it is {what}; the target must be a "
+                         "regular file, a directory or a block device", reason="InvalidTarget")
+
+
+_KINDS = {stat.S_IFDIR: "a directory", stat.S_IFCHR: "a character device", stat.S_IFIFO: "a FIFO",
+          stat.S_IFSOCK: "a socket"}
+
+
+def _remove_stale(path: Path) -> None:
+    """Remove a leftover partial image of a killed run (our own name, never user data)."""
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(mode):
+        raise PermanentError(f"{path}, where the partial image is written, is a directory; "
+                             "remove it", reason="InvalidTarget")
+    log.info("removing %s left over by an earlier, interrupted import", path)
+    path.unlink()
 
 
 def _write_error(error: OSError) -> Exception:

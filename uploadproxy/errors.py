@@ -6,7 +6,7 @@ outcome                                    status  body
 another upload is running or paused        503     why, and (paused) until when it can resume
 the volume already holds a finished upload 409     ``the upload already completed``
 image larger than the target / disk full   400     ``Saving stream failed: ... too small ...``
-checksum mismatch, truncated body          400     ``Saving stream failed: ...``
+checksum mismatch, truncated or empty body 400     ``Saving stream failed: ...``
 anything else                              500     ``Saving stream failed: <reason>``
 =========================================  ======  =============================================
 """
@@ -64,6 +64,8 @@ def http_status(error: BaseException) -> int:
     if isinstance(error, BadUploadRequest) or is_too_small(error):
         return 400
     if isinstance(error, (ChecksumMismatch, UploadInterrupted)):
+        return 400
+    if isinstance(error, CdiImportError) and error.reason == "EmptyImage":
         return 400
     return 500
 

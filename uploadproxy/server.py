@@ -68,7 +68,7 @@ class UploadServer:
     """The app, its one upload slot, and the outcome the entrypoint waits for."""
 
     def __init__(self, settings: ServerSettings) -> None:
-        self.settings = settings
+        self.settings = settings.checked()
         self.uploads = Uploads(settings, on_outcome=self._outcome)
         self.outcome: asyncio.Future[ImportResult] | None = None
         self.port = 0

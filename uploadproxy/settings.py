@@ -8,7 +8,9 @@ the proxy's client certificate), ``CLIENT_NAME`` (the CN that certificate must c
 ``UPLOAD_SERVER_ADDRESS``/``UPLOAD_SERVER_PORT`` (0.0.0.0:8443), ``SCRATCH_DIR`` (``/scratch``
 when mounted), ``TERMINATION_MESSAGE_PATH`` (``/dev/termination-log``) and
 ``UPLOAD_RESUME_TIMEOUT`` (seconds a paused resumable upload waits for its client) and
-``OWNER_UID`` (the DataVolume's UID, the label of the progress metric the controller reads).
+``OWNER_UID`` (the DataVolume's UID, the label of the progress metric the controller reads),
+``UPLOAD_SERVER_NO_CLIENT_AUTH`` (``true`` to run without client certificates: without it, a
+server with no ``CLIENT_CERT_FILE`` or no TLS refuses to start instead of accepting anyone).
 Only :meth:`ServerSettings.from_env` reads ``os.environ``.
 """
 
@@ -38,7 +40,10 @@ class ServerSettings:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     client_ca: Path | None = None
-    """CA bundle for client certificates; None accepts any client (tests, never a pod)."""
+    """CA bundle for client certificates. Without it (or without TLS) the server refuses to
+    start unless :attr:`no_client_auth` says, explicitly, that anyone may upload."""
+    no_client_auth: bool = False
+    """Run without client authentication (``UPLOAD_SERVER_NO_CLIENT_AUTH``): never in a pod."""
     client_name: str = PROXY_CLIENT_NAME
     destination: Path = FILE_DESTINATION
     image_size: int | None = None
@@ -81,7 +86,18 @@ class ServerSettings:
             termination_message_path=cls.termination_path_from_env(env),
             resume_timeout=float(env.get("UPLOAD_RESUME_TIMEOUT", "300")),
             owner_uid=env.get("OWNER_UID", ""),
-        )
+            no_client_auth=_bool(env.get("UPLOAD_SERVER_NO_CLIENT_AUTH")),
+        ).checked()
+
+    def checked(self) -> "ServerSettings":
+        """These settings, or ValueError when they would let any client upload without being
+        told to: a server must not fail open because a certificate path went missing."""
+        authenticates = self.client_ca is not None and self.tls_cert is not None and self.tls_key is not None
+        if not authenticates and not self.no_client_auth:
+            missing = "CLIENT_CERT_FILE" if self.client_ca is None else "TLS_CERT_FILE/TLS_KEY_FILE"
+            raise ValueError(f"{missing} is not set, so clients could not be authenticated; refusing to "
+                             "start (set UPLOAD_SERVER_NO_CLIENT_AUTH=true to accept any client)")
+        return self
 
     @staticmethod
     def termination_path_from_env(env: Mapping[str, str] | None = None) -> Path:

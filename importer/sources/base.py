@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
-from ..errors import SourceUnavailable, TemporaryError
+from ..errors import TemporaryError
+from .guards import RetryBudget, SpeedFloor
 
 log = logging.getLogger(__name__)
 
@@ -35,15 +36,24 @@ class SourceInfo:
 
 @dataclass
 class RetryPolicy:
-    """How long temporary faults are retried inside one process before giving up."""
+    """How long temporary faults are retried inside one process before giving up, and the
+    rate below which a transfer counts as failed."""
 
     attempts: int = 8
-    """Tries after the first failure, per stream; resets whenever bytes flow again."""
+    """Retries in a row; the count refills once the source delivers healthily again."""
     initial_delay: float = 0.5
     max_delay: float = 15.0
-    stall_timeout: float = 60.0
+    stall_timeout: float = 30.0
     """Seconds without a byte before a connection counts as dead."""
     connect_timeout: float = 20.0
+    speed_limit: int = 1024
+    """Bytes/s: a transfer below this rate for ``speed_time`` seconds fails (temporarily, and
+    is resumed); 0 turns the floor off. Like curl's ``--speed-limit``."""
+    speed_time: float = 60.0
+    """Seconds the rate must stay below ``speed_limit`` to fail. Like curl's ``--speed-time``."""
+    retry_time: float = 300.0
+    """Seconds one transfer may spend, in all, recovering from faults (waits, reconnects,
+    slow recovery); past it the import fails with a temporary error that says so."""
 
     def delays(self) -> Iterator[float]:
         delay = self.initial_delay
@@ -99,25 +109,15 @@ OpenAt = Callable[[int], Iterator[bytes]]
 T = TypeVar("T")
 
 
-def _backoff(delays: Iterator[float], policy: RetryPolicy, describe: str, error: TemporaryError) -> float:
-    """The next wait after ``error``, or SourceUnavailable when the budget is spent."""
-    delay = next(delays, None)
-    if delay is None:
-        raise SourceUnavailable(f"{error} ({describe}: gave up after {policy.attempts} retries)") from error
-    if isinstance(error, SourceUnavailable) and error.retry_after:
-        delay = max(delay, min(error.retry_after, policy.max_delay))
-    return delay
-
-
 def retrying(policy: RetryPolicy, describe: str, action: Callable[[], T]) -> T:
     """Run ``action`` (a request that is not a stream: a manifest, a token, a range), retrying
-    temporary faults with the policy's backoff."""
-    delays = policy.delays()
+    temporary faults within the policy's budget."""
+    budget = RetryBudget(policy, describe)
     while True:
         try:
             return action()
         except TemporaryError as error:
-            delay = _backoff(delays, policy, describe, error)
+            delay = budget.next_delay(error)
             log.warning("%s: %s; retrying in %.1fs", describe, error, delay)
             time.sleep(delay)
 
@@ -132,22 +132,25 @@ def resuming_chunks(
     """Yield the stream from ``start``; on a temporary fault, wait and reopen at the next byte.
 
     ``open_at(offset)`` must return an iterator that starts exactly at ``offset`` (the source
-    decides how: a Range request, skipping bytes when the server ignores ranges, ...). The
-    retry budget is per failure streak: any progress refills it, so a long transfer over a
-    flaky link finishes, while a source that is simply down fails after ``policy.attempts``.
+    decides how: a Range request, skipping bytes when the server ignores ranges, ...). Each
+    connection is held to the policy's speed floor; the retries are bounded by its
+    :class:`~importer.sources.guards.RetryBudget` (so many in a row, so many seconds in all),
+    so a flaky link that keeps delivering finishes, while a source that is down, silent or
+    dripping fails in bounded time with a message that says what was spent.
     """
     position = start
-    delays = policy.delays()
+    budget = RetryBudget(policy, describe)
     while True:
         try:
-            for chunk in open_at(position):
+            floor = SpeedFloor(policy.speed_limit, policy.speed_time, describe)
+            for chunk in floor.watch(open_at(position)):
                 if chunk:
                     position += len(chunk)
-                    delays = policy.delays()
+                    budget.progress(len(chunk))
                     yield chunk
             return
         except TemporaryError as error:
-            delay = _backoff(delays, policy, describe, error)
+            delay = budget.next_delay(error)
             log.warning("%s: %s; resuming at byte %d in %.1fs", describe, error, position, delay)
             if on_retry:
                 on_retry(error, delay)

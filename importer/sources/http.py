@@ -11,13 +11,24 @@ What it copes with, because real servers do it: no HEAD support (never sends HEA
 (ignored: the bytes decide the format), intermittent 503/429 (retried, honouring
 ``Retry-After``), resets and stalls mid-body (resumed). Credentials: basic auth from
 ``accessKeyId``/``secretKey``, extra headers and secret headers; ``Authorization`` and
-secret headers are sent to the original host only, never across a redirect to another host.
+secret headers are sent to the original scheme, host and port only, never across a redirect
+to another host, another port, or from https to http.
 Proxies come from the environment (``http_proxy``, ``https_proxy``, ``no_proxy``).
+
+What it does not believe (:mod:`.guards`): a 206 whose ``Content-Range`` is not the range
+asked for (error) or whose total is not the known size (the import starts over); a server
+that advertises ranges but answers a ranged read with 200 makes the import start over
+without random access (:class:`~importer.errors.RangesIgnored`). It asks for
+``Accept-Encoding: identity``; gzip or deflate applied anyway are undone
+(:mod:`.encoding`), a resume of an encoded body re-reads it from the start. Redirects to
+other schemes (``file:``, ``ftp:``) and header values with control characters are permanent
+errors at once. Each body is held to the speed floor of the retry policy.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from typing import Iterator, Mapping
@@ -26,11 +37,13 @@ from urllib.parse import urljoin, urlsplit
 import requests
 import urllib3
 
-from ..errors import (AuthenticationFailed, InvalidSource, PermanentError, SourceChanged,
+from ..errors import (AuthenticationFailed, InvalidSource, PermanentError, RangesIgnored, SourceChanged,
                       SourceNotFound, SourceUnavailable)
 from ..stream import CHUNK
 from . import SourceOptions
 from .base import Source, SourceInfo, redact, resuming_chunks, retry_after_seconds, retrying
+from .encoding import ContentDecoder, content_encoding
+from .guards import SpeedFloor, check_content_range, same_origin
 from .tls import verify_setting
 
 log = logging.getLogger(__name__)
@@ -40,14 +53,34 @@ USER_AGENT = "cdi-py-importer"
 _CONNECT_PREFIX = "Unable to connect to http data source"
 
 
-def parse_headers(lines: list[str]) -> dict[str, str]:
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def parse_headers(lines: list[str], secret: bool = False) -> dict[str, str]:
+    """``Name: value`` lines as a dict. A name that is not an HTTP token, or a value with a
+    control character (CR/LF would smuggle headers) or outside Latin-1, is a permanent error;
+    a secret header's value is never repeated in the message."""
     headers: dict[str, str] = {}
-    for line in lines:
+    for number, line in enumerate(lines, 1):
         name, sep, value = line.partition(":")
-        if not sep or not name.strip():
-            raise InvalidSource(f"invalid header {line.split(':')[0]!r}: expected 'Name: value'")
-        headers[name.strip()] = value.strip()
+        name, value = name.strip(), value.strip()
+        shown = f"secret header {number}" if secret else f"header {name[:40]!r}"
+        if not sep or not _TOKEN.fullmatch(name):
+            raise InvalidSource(f"invalid {shown}: expected 'Name: value' with a plain name")
+        if _BAD_VALUE.search(value) or not _latin1(value):
+            raise InvalidSource(f"invalid {shown}: its value holds control characters (CR/LF) "
+                                "or characters HTTP cannot carry")
+        headers[name] = value
     return headers
+
+
+def _latin1(text: str) -> bool:
+    try:
+        text.encode("latin-1")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 
@@ -62,8 +95,9 @@ class HttpSource(Source):
         self.name = redact(url)
         self.options = options
         self._auth = self._credentials(parts)
-        self._headers = {"User-Agent": USER_AGENT, **parse_headers(options.extra_headers)}
-        self._secret_headers = parse_headers(options.secret_headers)
+        self._headers = {"User-Agent": USER_AGENT, **parse_headers(options.extra_headers),
+                         "Accept-Encoding": "identity"}
+        self._secret_headers = parse_headers(options.secret_headers, secret=True)
         self._verify = verify_setting(options)
         self._local = threading.local()
         self._first: requests.Response | None = None
@@ -71,6 +105,10 @@ class HttpSource(Source):
         self.size: int | None = None
         self.validator: str | None = None
         self.accepts_ranges = False
+        self.encoding: str | None = None
+        """gzip/deflate the server applied although asked not to (undone as we read)."""
+        self._ranges_ignored = False
+        """Once a ranged read got 200, random access is off for the rest of the import."""
 
     def _credentials(self, parts: object) -> tuple[str, str] | None:
         if self.options.access_key_id is not None:
@@ -93,37 +131,49 @@ class HttpSource(Source):
         return session
 
     def _get(self, extra: Mapping[str, str] | None = None) -> requests.Response:
-        """GET following redirects by hand, so credentials stay on the original host."""
-        origin = urlsplit(self.url).netloc.rsplit("@", 1)[-1]
+        """GET following redirects by hand, so credentials stay with their origin."""
         url = self.url
         for _ in range(MAX_REDIRECTS + 1):
-            same_host = urlsplit(url).netloc.rsplit("@", 1)[-1] == origin
-            headers = dict(self._headers, **(extra or {}))
-            if same_host:
-                headers.update(self._secret_headers)
-            try:
-                # verify= per request: a session's verify loses to REQUESTS_CA_BUNDLE
-                response = self._session().get(
-                    redact(url), headers=headers, stream=True, allow_redirects=False,
-                    verify=self._verify,
-                    auth=self._auth if same_host else None,
-                    timeout=(self.options.retry.connect_timeout, self.options.retry.stall_timeout))
-            except requests.exceptions.SSLError as error:
-                raise PermanentError(
-                    f"{_CONNECT_PREFIX}: TLS verification of {self.name} failed: {error}. "
-                    "Provide the server's CA (certConfigMap / --cert-dir) or set insecureSkipVerify",
-                    reason="TLSError") from error
-            except requests.exceptions.InvalidURL as error:
-                raise InvalidSource(f"invalid http source URL {self.name!r}: {error}") from error
-            except requests.exceptions.RequestException as error:
-                raise SourceUnavailable(f"{_CONNECT_PREFIX}: {_describe(error)}") from error
+            response = self._request(url, extra, same_origin(url, self.url))
             if response.is_redirect and "location" in response.headers:
-                url = urljoin(url, response.headers["location"])
-                response.close()
+                url = self._redirect_target(url, response)
                 continue
             self.final_url = url
             return response
         raise PermanentError(f"{_CONNECT_PREFIX}: more than {MAX_REDIRECTS} redirects from {self.name}")
+
+    def _redirect_target(self, url: str, response: requests.Response) -> str:
+        """Where a redirect points; another scheme than http(s) is a permanent error."""
+        target = urljoin(url, response.headers["location"])
+        response.close()
+        scheme = urlsplit(target).scheme.lower()
+        if scheme not in ("http", "https"):
+            raise InvalidSource(f"{_CONNECT_PREFIX}: {self.name} redirects to a {scheme or 'relative'}: "
+                                "URL; only http and https redirects are followed")
+        return target
+
+    def _request(self, url: str, extra: Mapping[str, str] | None, trusted: bool) -> requests.Response:
+        """One GET; credentials only when ``trusted`` (the URL's own scheme, host and port)."""
+        headers = dict(self._headers, **(extra or {}))
+        if trusted:
+            headers.update(self._secret_headers)
+        try:
+            # verify= per request: a session's verify loses to REQUESTS_CA_BUNDLE
+            return self._session().get(
+                redact(url), headers=headers, stream=True, allow_redirects=False,
+                verify=self._verify, auth=self._auth if trusted else None,
+                timeout=(self.options.retry.connect_timeout, self.options.retry.stall_timeout))
+        except requests.exceptions.SSLError as error:
+            raise PermanentError(
+                f"{_CONNECT_PREFIX}: TLS verification of {self.name} failed: {error}. "
+                "Provide the server's CA (certConfigMap / --cert-dir) or set insecureSkipVerify",
+                reason="TLSError") from error
+        except (requests.exceptions.InvalidURL, requests.exceptions.InvalidSchema,
+                requests.exceptions.MissingSchema, requests.exceptions.InvalidHeader,
+                UnicodeError) as error:
+            raise InvalidSource(f"invalid http request to {redact(url)!r}: {_describe(error)}") from error
+        except requests.exceptions.RequestException as error:
+            raise SourceUnavailable(f"{_CONNECT_PREFIX}: {_describe(error)}") from error
 
     def _check_status(self, response: requests.Response, allowed: tuple[int, ...] = (200,),
                       existed: bool = False) -> None:
@@ -156,15 +206,17 @@ class HttpSource(Source):
 
         response = self._first = retrying(self.options.retry, self.name, first_response)
         length = response.headers.get("content-length")
-        encoding = response.headers.get("content-encoding", "identity").lower()
-        self.size = int(length) if length and length.isdigit() else None
+        self.encoding = content_encoding(response.headers.get("content-encoding"), self.name)
+        # an encoded body's length is not the file's: the size is learned by reading it
+        self.size = int(length) if length and length.isdigit() and not self.encoding else None
         self.validator = _validator(response)
         self.accepts_ranges = response.headers.get("accept-ranges", "").lower() == "bytes"
         content_type = response.headers.get("content-type", "")
         if content_type.startswith("text/"):
             log.warning("%s is served as %s; importing it anyway (the bytes decide the format)",
                         self.name, content_type)
-        random_access = self.accepts_ranges and self.size is not None and encoding == "identity"
+        random_access = (self.accepts_ranges and self.size is not None and not self.encoding
+                         and not self._ranges_ignored)
         return SourceInfo(size=self.size, random_access=random_access, name=self.name)
 
     def chunks(self, start: int = 0) -> Iterator[bytes]:
@@ -178,18 +230,35 @@ class HttpSource(Source):
         return self._body(response, skip=self._skip_for(response, offset))
 
     def _resume(self, offset: int) -> requests.Response:
-        headers = {"Range": f"bytes={offset}-"}
-        if self.validator:
+        """The body from ``offset``: a checked 206, or a 200 of the same object (skipped
+        ahead by the caller). An encoded body cannot be resumed by range: it is re-read."""
+        headers = {} if self.encoding else {"Range": f"bytes={offset}-"}
+        if self.validator and not self.encoding:
             headers["If-Range"] = self.validator
         response = self._get(headers)
         self._check_status(response, (206, 200), existed=True)
-        if response.status_code == 200 and offset:
+        if response.status_code == 206:
+            self._check_range(response, offset, None)
+        elif offset:
             now = _validator(response)
             if self.validator and now != self.validator:
                 response.close()
                 raise SourceChanged(f"{self.name} changed while it was being imported "
                                     f"(validator {self.validator} -> {now}); starting over")
+        if content_encoding(response.headers.get("content-encoding"), self.name) != self.encoding:
+            response.close()
+            raise SourceChanged(f"{self.name} changed its Content-Encoding while it was being imported")
         return response
+
+    def _check_range(self, response: requests.Response, start: int, end: int | None) -> None:
+        try:
+            total = check_content_range(response.headers.get("content-range"), start, end,
+                                        self.size, self.name)
+        except BaseException:
+            response.close()
+            raise
+        if self.size is None:
+            self.size = total
 
     @staticmethod
     def _skip_for(response: requests.Response, offset: int) -> int:
@@ -198,7 +267,11 @@ class HttpSource(Source):
 
     def _body(self, response: requests.Response, skip: int) -> Iterator[bytes]:
         try:
-            for chunk in _coalesced(response.raw):
+            pieces: Iterator[bytes] = _coalesced(response.raw)
+            encoding = content_encoding(response.headers.get("content-encoding"), self.name)
+            if encoding:
+                pieces = ContentDecoder(encoding, self.name).decode(pieces)
+            for chunk in pieces:
                 if skip:
                     if len(chunk) <= skip:
                         skip -= len(chunk)
@@ -218,28 +291,49 @@ class HttpSource(Source):
             end = min(end, self.size - 1)
             if offset > end:
                 return b""
+        return retrying(self.options.retry, self.name, lambda: self._fetch_range(offset, end))
 
-        def fetch() -> bytes:
-            headers = {"Range": f"bytes={offset}-{end}"}
-            if self.validator:
-                headers["If-Match"] = self.validator
-            response = self._get(headers)
-            if response.status_code == 412:
-                response.close()
-                raise SourceChanged(f"{self.name} changed while it was being imported")
-            self._check_status(response, (206,), existed=True)
-            try:
-                # read no more than asked, even from a server that sends past the range end
-                data: bytes = response.raw.read(end - offset + 1, decode_content=False)
-            except (urllib3.exceptions.HTTPError, requests.exceptions.RequestException) as error:
-                raise SourceUnavailable(f"ranged read from {self.name} broke: {_describe(error)}") from error
-            finally:
-                response.close()
-            if len(data) != end - offset + 1:
-                raise SourceUnavailable(f"short ranged read from {self.name}")
-            return data
+    def _fetch_range(self, offset: int, end: int) -> bytes:
+        headers = {"Range": f"bytes={offset}-{end}"}
+        if self.validator:
+            headers["If-Match"] = self.validator
+        response = self._get(headers)
+        if response.status_code == 412:
+            response.close()
+            raise SourceChanged(f"{self.name} changed while it was being imported")
+        if response.status_code == 200:
+            response.close()
+            self._ranges_ignored = True
+            raise RangesIgnored(f"{self.name}: the server advertises ranges but answered a ranged "
+                                "read with the whole file; starting over, reading it in order")
+        self._check_status(response, (206,), existed=True)
+        self._check_range(response, offset, end)
+        try:
+            return self._read_exactly(response, end - offset + 1)
+        finally:
+            response.close()
 
-        return retrying(self.options.retry, self.name, fetch)
+    def _read_exactly(self, response: requests.Response, count: int) -> bytes:
+        """``count`` body bytes (never more, even from a server that sends past the range
+        end), held to the speed floor; short is a temporary failure."""
+        policy = self.options.retry
+        floor = SpeedFloor(policy.speed_limit, policy.speed_time, self.name)
+        parts: list[bytes] = []
+        got = 0
+        try:
+            while got < count:
+                began = time.monotonic()
+                data = response.raw.read1(min(CHUNK, count - got), decode_content=False)
+                if not data:
+                    break
+                floor.tick(len(data), time.monotonic() - began)
+                parts.append(data)
+                got += len(data)
+        except (urllib3.exceptions.HTTPError, requests.exceptions.RequestException, OSError) as error:
+            raise SourceUnavailable(f"ranged read from {self.name} broke: {_describe(error)}") from error
+        if got != count:
+            raise SourceUnavailable(f"short ranged read from {self.name}")
+        return b"".join(parts)
 
     def close(self) -> None:
         if self._first is not None:

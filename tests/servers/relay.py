@@ -43,3 +43,29 @@ def _pump(source: socket.socket, sink: socket.socket) -> None:
                 sock.shutdown(how)
             except OSError:
                 pass
+
+
+class SchemeSplitter(TcpRelay):
+    """One port that speaks https and plain http: a connection whose first byte starts a TLS
+    handshake (0x16) goes to ``tls_target``, any other to ``plain_target``. So a redirect can
+    change only the scheme, keeping host and port (``https://h:p/`` -> ``http://h:p/``)."""
+
+    def __init__(self, listen_host: str, tls_target: tuple[str, int], plain_target: tuple[str, int]) -> None:
+        self.plain_target = plain_target
+        super().__init__(listen_host, tls_target)
+
+    @property
+    def port(self) -> int:
+        return int(self.address.rsplit(":", 1)[1])
+
+    def _serve(self, client: socket.socket) -> None:
+        first = client.recv(1, socket.MSG_PEEK)
+        target = self.target if first == b"\x16" else self.plain_target
+        try:
+            upstream = socket.create_connection(target, timeout=10)
+        except OSError:
+            client.close()
+            return
+        upstream.settimeout(None)
+        threading.Thread(target=_pump, args=(upstream, client), daemon=True).start()
+        _pump(client, upstream)

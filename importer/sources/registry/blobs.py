@@ -15,6 +15,7 @@ from ...formats import magic
 from ...formats.decompress import decompress
 from ...stream import ChunkReader
 from ..base import resuming_chunks
+from ..guards import check_content_range
 from .client import RegistryClient, raw_chunks
 from .manifest import Descriptor
 
@@ -82,6 +83,9 @@ class BlobStream:
         """The blob from ``offset``: a Range request; a server that ignores it is skipped ahead."""
         response = self._client.open_blob(self._descriptor.digest, offset, self._describe)
         with response:
+            if response.status_code == 206:
+                check_content_range(response.headers.get("Content-Range"), offset, None,
+                                    self._descriptor.size, self._describe)
             pieces = raw_chunks(response, f"blob from byte {offset}")
             if offset and response.status_code == 200:
                 pieces = skip_bytes(pieces, offset)

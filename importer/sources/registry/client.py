@@ -6,9 +6,10 @@ from __future__ import annotations
 import base64
 import logging
 import re
+import time
 from dataclasses import dataclass, field
 from typing import Iterator
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import requests
 import urllib3
@@ -23,6 +24,7 @@ from ...errors import (
 from ...stream import CHUNK
 from .. import SourceOptions
 from ..base import retry_after_seconds, retrying
+from ..guards import same_origin
 from ..tls import TrustBundle
 from .reference import ImageReference
 
@@ -156,6 +158,10 @@ class RegistryClient:
                 "to the certificate ConfigMap, or mark the registry insecure (also needed when "
                 "it speaks plain http)",
                 reason="ImagePullFailed") from error
+        except (requests.exceptions.InvalidSchema, requests.exceptions.InvalidURL,
+                requests.exceptions.MissingSchema, requests.exceptions.InvalidHeader) as error:
+            raise PermanentError(f"{what}: {self.ref.registry} sent us somewhere we cannot go: {error}",
+                                 reason="ImagePullFailed") from error
         except (requests.ConnectionError, requests.Timeout) as error:
             raise SourceUnavailable(f"{what}: cannot reach {self.ref.registry}: {error}") from error
         except requests.RequestException as error:
@@ -195,7 +201,16 @@ class RegistryClient:
         if challenge.params.get("service"):
             params["service"] = challenge.params["service"]
         auth = (self.options.access_key_id or "", self.options.secret_key or "") if self._has_credentials() else None
+        if auth is not None and not self._may_send_credentials(realm):
+            raise AuthenticationFailed(
+                f"registry {self.ref.registry} asks for the credentials to be sent to the token "
+                f"realm {realm} over plain http on another host; refusing (a realm over https, or "
+                "on the registry's own origin, is fine)", reason="ImagePullFailed")
         return retrying(self.policy, "registry token", lambda: self._token_request(realm, params, auth))
+
+    def _may_send_credentials(self, realm: str) -> bool:
+        """Basic credentials go to a token realm over https, or to the registry's own origin."""
+        return urlsplit(realm).scheme.lower() == "https" or same_origin(realm, self.base)
 
     def _token_request(self, realm: str, params: dict[str, str], auth: tuple[str, str] | None) -> str:
         what = f"token from {realm}"
@@ -266,8 +281,9 @@ def _read_limited(response: requests.Response, limit: int, what: str) -> bytes:
     return b"".join(parts)
 
 
-def raw_chunks(response: requests.Response, what: str, size: int = CHUNK) -> Iterator[bytes]:
-    """The body as received (no content decoding), in pieces of about ``size`` bytes.
+def raw_chunks(response: requests.Response, what: str, size: int = CHUNK, linger: float = 0.25) -> Iterator[bytes]:
+    """The body as received (no content decoding), in pieces of about ``size`` bytes, handed
+    on after ``linger`` seconds when the link is slow (so the speed floor sees a drip).
 
     Reads with ``read1`` into our own buffer so that when the connection breaks, the bytes
     that did arrive are still yielded before SourceUnavailable: a resume then starts exactly
@@ -275,12 +291,14 @@ def raw_chunks(response: requests.Response, what: str, size: int = CHUNK) -> Ite
     """
     buffer = bytearray()
     failure: Exception | None = None
+    since = time.monotonic()
     try:
         while piece := response.raw.read1(size - len(buffer), decode_content=False):
             buffer += piece
-            if len(buffer) >= size:
+            if len(buffer) >= size or time.monotonic() - since >= linger:
                 yield bytes(buffer)
                 buffer.clear()
+                since = time.monotonic()
     except (urllib3.exceptions.HTTPError, requests.RequestException, OSError) as error:
         failure = error
     if buffer:
