@@ -255,9 +255,11 @@ class _Run:
 
     # -- qemu-img routes ---------------------------------------------------------------------
 
-    def _qemu_convert(self, url: str) -> None:
+    def _qemu_convert(self, url: str, read_at: Callable[[int, int], bytes], size: int) -> None:
+        from .formats.inspect import inspect_image
         from .qemu import QemuImg, validate
 
+        inspect_image(self.format, read_at, size)  # before qemu-img opens anything it names
         qemu = QemuImg()
         qemu_format = magic.QEMU_FORMAT[self.format]
         info = qemu.info(url, qemu_format)
@@ -275,8 +277,16 @@ class _Run:
         self._close_stream()
         if self.verifier:
             self._hash_local(path)
-        self._qemu_convert(path)
+        self._convert_file(path)
         return "verify"
+
+    def _convert_file(self, path: str) -> None:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            self._qemu_convert(path, lambda offset, length: os.pread(fd, length, offset),
+                               os.fstat(fd).st_size)
+        finally:
+            os.close(fd)
 
     def _hash_local(self, path: str) -> None:
         assert self.verifier is not None
@@ -293,7 +303,7 @@ class _Run:
         cache = ReadAhead(self.source.read_at, self.info.size)
         with NbdServer(cache.read_at, self.info.size, on_read=self._served) as server:
             try:
-                self._qemu_convert(server.url)
+                self._qemu_convert(server.url, cache.read_at, self.info.size)
             except CdiImportError:
                 if server.first_error is not None:
                     raise server.first_error
@@ -323,7 +333,7 @@ class _Run:
                         f"decompressed {self.format} image: {error}", reason="ScratchSpaceTooSmall") from error
         if self.verifier:
             self.verify()
-        self._qemu_convert(str(scratch))
+        self._convert_file(str(scratch))
         return "resize"
 
     def _scratch_file(self) -> Path:
