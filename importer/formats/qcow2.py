@@ -32,7 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Generator, Iterator
 
-from ..errors import ImageTooLarge, InvalidImage, ScratchSpaceRequired, UnsafeImage
+from ..errors import (ImageTooLarge, InvalidImage, PermanentError, ScratchSpaceRequired,
+                      UnsafeImage)
 from ..stream import CHUNK, ChunkReader
 from ..target import DiskTarget, data_runs, is_zero
 from .qcow2_map import MAX_LIVE_TABLE_BYTES, L2Index, L2Table
@@ -339,6 +340,21 @@ def _check_l1(h: Qcow2Header) -> None:
 # -- conversion --------------------------------------------------------------------------
 
 
+def _check_file_can_hold(target: DiskTarget, size: int) -> None:
+    """A file target must be able to grow to the virtual size (ext4 stops at 16 TiB): try
+    it on the still empty work file before any byte moves."""
+    if target.is_block:
+        return
+    try:
+        os.ftruncate(target.fd, size)
+        os.ftruncate(target.fd, 0)
+    except (OSError, OverflowError) as error:
+        raise PermanentError(
+            f"the qcow2 image's virtual size of {size} bytes is larger than the target "
+            f"filesystem can hold in one file ({error}): DataVolume too small to contain image",
+            reason="TooSmall") from error
+
+
 @dataclass(frozen=True)
 class _SpillPlan:
     directory: Path | None
@@ -370,6 +386,7 @@ def convert_qcow2(reader: ChunkReader, target: DiskTarget, *, read_at: ReadAt | 
             probe = reader.peek(1 << cluster_bits)
     header = parse_header(probe)
     target.check_fits(header.virtual_size)
+    _check_file_can_hold(target, header.virtual_size)
     plan = _SpillPlan(spill_dir, spill_limit(target.capacity))
     converter = _Converter(header, reader, target, read_at, plan)
     try:
