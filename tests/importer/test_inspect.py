@@ -81,10 +81,12 @@ def test_qemu_made_images_pass_and_import(images: dict[str, Path], tmp_path: Pat
 @pytest.mark.parametrize("name", list(FORMATS))
 def test_truncated_images_are_refused(images: dict[str, Path], tmp_path: Path, name: str) -> None:
     image = _copy(images[name], tmp_path, ".cut")
-    os.truncate(image, image.stat().st_size - 150_000)
+    cut = 513 if name == "vhd" else 150_000  # the closing footer and one byte of data
+    os.truncate(image, image.stat().st_size - cut)
     outcome = cdi_import(image, _volume(tmp_path))
     assert outcome.returncode == 2, outcome.stdout + outcome.stderr
-    assert "InvalidImage" in outcome.stderr and "truncated" in outcome.stderr, outcome.stderr
+    assert "InvalidImage" in outcome.stderr and "image is truncated" in outcome.stderr, \
+        outcome.stderr
     assert not (tmp_path / "vol" / "disk.img").exists()
 
 

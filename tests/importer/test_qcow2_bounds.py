@@ -8,8 +8,9 @@ Behaviours under test (each a ``cdi import`` in a child process, its own peak RS
   table qemu allows (4 Mi entries) stay under the bound, plain and gzip-compressed (a
   stream without random access);
 * the spill of data stored before its tables is bounded by the target's capacity: a small
-  ``.qcow2.gz`` that spills more than a 16 MiB target could hold fails as TooSmall, leaving
-  no spill file, where it used to write 190 MiB of scratch.
+  ``.qcow2.gz`` that would spill 64 MiB for a 16 MiB target fails as TooSmall once the spill
+  passes what the target could hold, where it used to fill the scratch space; one that
+  spills within the capacity converts to what qemu-img makes of it.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import shutil
 import struct
 import subprocess
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -79,11 +81,12 @@ def test_huge_mappings_stay_under_the_memory_bound(tmp_path: Path, virtual: int,
     assert disk.stat().st_size == virtual and disk.stat().st_blocks == 0
 
 
-def _data_before_tables(path: Path, data_bytes: int) -> Path:
+def _data_before_tables(path: Path, data_bytes: int, mapped: int | None = None) -> Path:
     """A qcow2 (64 KiB clusters) whose L1 sits at the very end: everything before it is
-    data of unknown meaning to a stream and must be spilled until the L1 arrives."""
+    data of unknown meaning to a stream and must be spilled until the L1 arrives. Only the
+    first ``mapped`` bytes of it are mapped (the virtual size); the rest is never used."""
     cs = 1 << 16
-    clusters = data_bytes // cs
+    clusters = (mapped or data_bytes) // cs
     l2_count = -(-clusters // (cs // 8))
     l2_offset = cs + data_bytes
     l1_offset = l2_offset + l2_count * cs
@@ -92,7 +95,7 @@ def _data_before_tables(path: Path, data_bytes: int) -> Path:
                          l1_offset, cs, 1, 0, 0) + struct.pack(">QQQII", 0, 0, 0, 4, 104)
     with open(path, "wb") as f:
         f.write(header.ljust(cs, b"\0"))
-        for n in range(clusters):
+        for n in range(data_bytes // cs):
             f.write(struct.pack(">Q", n + 1) * (cs // 8))  # non-zero, compressible
         for table in range(l2_count):
             first = table * (cs // 8)
@@ -103,15 +106,28 @@ def _data_before_tables(path: Path, data_bytes: int) -> Path:
     return path
 
 
-@pytest.mark.timeout(120)
-def test_spill_is_bounded_by_the_target_capacity(tmp_path: Path) -> None:
-    image = _gzip(_data_before_tables(tmp_path / "late.qcow2", 64 * MiB))
+@pytest.fixture
+def small_scratch(tmp_path: Path) -> Iterator[Path]:
+    """A 32 MiB tmpfs: room for what a 16 MiB target may spill, not for a 64 MiB spill."""
     scratch = tmp_path / "scratch"
     scratch.mkdir()
-    outcome = cdi_import(image, _volume(tmp_path), "--size", "16Mi", "--scratch-dir", scratch)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", scratch], check=True)
+    try:
+        yield scratch
+    finally:
+        subprocess.run(["umount", scratch], check=True)
+
+
+@pytest.mark.timeout(120)
+def test_spill_is_bounded_by_the_target_capacity(tmp_path: Path, small_scratch: Path) -> None:
+    """64 MiB of data ahead of the tables (8 MiB of it mapped), a 16 MiB target: the spill
+    stops at what the target could hold (TooSmall) instead of filling the scratch space."""
+    image = _gzip(_data_before_tables(tmp_path / "late.qcow2", 64 * MiB, mapped=8 * MiB))
+    outcome = cdi_import(image, _volume(tmp_path), "--size", "16Mi", "--scratch-dir",
+                         small_scratch)
     assert outcome.returncode == 2, outcome.stderr
-    assert "TooSmall" in outcome.stderr, outcome.stderr
-    assert list(scratch.iterdir()) == [] and not (tmp_path / "vol" / "disk.img").exists()
+    assert "TooSmall" in outcome.stderr and "spilled" in outcome.stderr, outcome.stderr
+    assert list(small_scratch.iterdir()) == [] and not (tmp_path / "vol" / "disk.img").exists()
 
 
 @pytest.mark.timeout(120)
