@@ -124,10 +124,13 @@ def _check_grains(header: dict[str, int], read_at: ReadAt, size: int) -> None:
     per_gt = header["gtes"]
     tables = -(-header["capacity"] // (header["grain"] * per_gt))
     compressed = bool(header["flags"] & FLAG_COMPRESSED)
-    last_grain = 0
+    last_grain = previous = 0
     for entries in table_slices(read_at, header["gd_offset"] * SECTOR, tables, 4, False,
                                 "VMDK grain directory"):
         for gt in (e for e in entries if e):
+            if gt == previous:
+                continue  # one table named again: checked already
+            previous = gt
             require_within((gt * SECTOR) + per_gt * 4, size, "grain table")
             for grains in table_slices(read_at, gt * SECTOR, per_gt, 4, False,
                                        "VMDK grain table"):
