@@ -71,7 +71,7 @@ CMD ["--standalone", "--all-namespaces", "--liveness=http://0.0.0.0:8080/healthz
 
 FROM python AS worker
 RUN apt-get update \
- && apt-get install -y --no-install-recommends qemu-utils \
+ && apt-get install -y --no-install-recommends qemu-utils bubblewrap \
  && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /var/cache/apt/archives/*.deb \
  && mkdir -p /data /scratch && chown 107:107 /data /scratch
 COPY --from=venv /opt/venv /opt/venv

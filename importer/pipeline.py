@@ -28,7 +28,9 @@ turn out not to work (:class:`RangesIgnored`), starts the import over.
 
 from __future__ import annotations
 
+import errno
 import logging
+import math
 import os
 import tempfile
 import time
@@ -54,6 +56,27 @@ log = logging.getLogger(__name__)
 
 MAX_RESTARTS = 3
 """How often an import starts over because the source changed under it."""
+MAX_COMPRESSION_LAYERS = 4
+"""Compression layers peeled off one image (``.gz`` inside ``.xz`` ...); more is a bomb."""
+MAX_DISK_SIZE = (1 << 63) - 1
+"""The largest size a file or device offset can express."""
+
+
+def check_spec(spec: TargetSpec) -> None:
+    """Refuse option values no import can honour, before anything is touched."""
+    overhead = spec.filesystem_overhead
+    if not math.isfinite(overhead) or not 0.0 <= overhead < 1.0:
+        raise InvalidSource(f"the filesystem overhead must be a fraction from 0 up to (not "
+                            f"including) 1; got {overhead!r}")
+    if spec.size is not None and not 0 < spec.size <= MAX_DISK_SIZE:
+        raise InvalidSource(f"the requested size {spec.size} is not a usable disk size "
+                            f"(1 byte to {MAX_DISK_SIZE} bytes)")
+
+
+def _too_big(size: int, error: BaseException) -> PermanentError:
+    return PermanentError(f"a disk of {size} bytes is larger than the target filesystem can "
+                          f"hold in one file ({error}): DataVolume too small to contain image",
+                          reason="TooSmall")
 
 
 @dataclass
@@ -162,6 +185,10 @@ class _Run:
         self.cleanup.callback(reader.close)
         kind = self._detect(reader)
         while magic.is_compression(kind):
+            if len(self.compression) == MAX_COMPRESSION_LAYERS:
+                raise InvalidImage(f"{self.info.name} is compressed more than "
+                                   f"{MAX_COMPRESSION_LAYERS} times over "
+                                   f"({'+'.join(self.compression + [kind])}...): refusing")
             self.compression.append(kind)
             reader = ChunkReader(Prefetch(decompress(kind, reader)))
             self.cleanup.callback(reader.close)
@@ -267,9 +294,11 @@ class _Run:
 
     # -- qemu-img routes ---------------------------------------------------------------------
 
-    def _qemu_convert(self, url: str) -> None:
+    def _qemu_convert(self, url: str, read_at: Callable[[int, int], bytes], size: int) -> None:
+        from .formats.inspect import inspect_image
         from .qemu import QemuImg, validate
 
+        inspect_image(self.format, read_at, size)  # before qemu-img opens anything it names
         qemu = QemuImg()
         qemu_format = magic.QEMU_FORMAT[self.format]
         info = qemu.info(url, qemu_format)
@@ -287,8 +316,16 @@ class _Run:
         self._close_stream()
         if self.verifier:
             self._hash_local(path)
-        self._qemu_convert(path)
+        self._convert_file(path)
         return "verify"
+
+    def _convert_file(self, path: str) -> None:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            self._qemu_convert(path, lambda offset, length: os.pread(fd, length, offset),
+                               os.fstat(fd).st_size)
+        finally:
+            os.close(fd)
 
     def _hash_local(self, path: str) -> None:
         assert self.verifier is not None
@@ -305,7 +342,7 @@ class _Run:
         cache = ReadAhead(self.source.read_at, self.info.size)
         with NbdServer(cache.read_at, self.info.size, on_read=self._served) as server:
             try:
-                self._qemu_convert(server.url)
+                self._qemu_convert(server.url, cache.read_at, self.info.size)
             except CdiImportError:
                 if server.first_error is not None:
                     raise server.first_error
@@ -335,7 +372,7 @@ class _Run:
                         f"decompressed {self.format} image: {error}", reason="ScratchSpaceTooSmall") from error
         if self.verifier:
             self.verify()
-        self._qemu_convert(str(scratch))
+        self._convert_file(str(scratch))
         return "resize"
 
     def _scratch_file(self) -> Path:
@@ -395,7 +432,7 @@ class _Run:
 
     def resize(self) -> str:
         self.progress.phase(phases.RESIZE)
-        self.disk_size = self.target.commit(self.virtual_size)
+        self.disk_size = _commit(self.target, self.virtual_size)
         self.progress.finish()
         return "complete"
 
@@ -414,8 +451,21 @@ class _Run:
             preallocated=self._disk is not None and self.target.preallocate)
 
 
+def _commit(disk: DiskTarget, virtual_size: int) -> int:
+    """Commit, with a file size the filesystem cannot hold as a classified error."""
+    try:
+        return disk.commit(virtual_size)
+    except OverflowError as error:
+        raise _too_big(disk.final_size(virtual_size), error) from error
+    except OSError as error:
+        if error.errno in (errno.EFBIG, errno.EINVAL, errno.EOVERFLOW):
+            raise _too_big(disk.final_size(virtual_size), error) from error
+        raise
+
+
 def run_import(source: Source, target: TargetSpec, options: ImportOptions | None = None) -> ImportResult:
     """Import ``source`` into ``target``; on any failure nothing that looks complete is left."""
+    check_spec(target)
     options = options or ImportOptions()
     started = time.monotonic()
     if options.content_type != "archive":
@@ -477,13 +527,14 @@ def _unpack(source: Source, target: TargetSpec, options: ImportOptions) -> Impor
 
 def create_blank(target: TargetSpec, progress: Progress | None = None) -> ImportResult:
     """A blank raw disk of the target's capacity (CDI's ``source: blank``)."""
+    check_spec(target)
     progress = progress or Progress()
     started = time.monotonic()
     with DiskTarget(target) as disk:
         if disk.capacity is None:
             raise InvalidSource("a blank image needs a size")
         progress.phase(phases.RESIZE)
-        size = disk.commit(disk.capacity)
+        size = _commit(disk, disk.capacity)
         progress.finish()
     return ImportResult(path=str(disk.final_path), format="raw", compression=[], route="blank",
                         virtual_size=size, disk_size=size, bytes_received=0,

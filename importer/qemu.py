@@ -24,11 +24,13 @@ Safety rules, the reason this module exists rather than a bare ``subprocess`` ca
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
 import re
 import resource
+import shutil
 import signal
 import stat
 import subprocess
@@ -37,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import IO, Any, Callable, Iterable, Iterator, Sequence
 
 from .errors import CdiImportError, ImageTooLarge, InvalidImage, UnsafeImage
+from .sandbox import Exposure, Sandbox, exposure_of
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +65,7 @@ class Limits:
     both end the child (SIGXCPU / allocation failure) instead of the pod (OOM kill).
     """
 
-    cpu_seconds: int = 30
+    cpu_seconds: int | None = 30
     address_space: int = 1 * GiB
 
     def apply(self) -> None:
@@ -71,8 +74,14 @@ class Limits:
         Only calls into the already-imported :mod:`resource` module: no imports, no locks,
         no logging, which is what keeps a ``preexec_fn`` safe in a threaded parent.
         """
-        _lower_limit(resource.RLIMIT_CPU, self.cpu_seconds, self.cpu_seconds + 1)
+        if self.cpu_seconds is not None:
+            _lower_limit(resource.RLIMIT_CPU, self.cpu_seconds, self.cpu_seconds + 1)
         _lower_limit(resource.RLIMIT_AS, self.address_space, self.address_space)
+
+
+CONVERT_LIMITS = Limits(cpu_seconds=None, address_space=2 * GiB)
+"""A conversion may take hours of CPU on a big image, but its memory is bounded by qemu's
+caches, not by the image: the address-space cap only catches a runaway."""
 
 
 def _lower_limit(which: int, soft: int, hard: int) -> None:
@@ -276,20 +285,24 @@ class QemuImg:
         *,
         limits: Limits = Limits(),
         info_timeout: float = 60.0,
+        sandbox: Sandbox | None = None,
     ) -> None:
         self.binary = binary
         self.limits = limits
         self.info_timeout = info_timeout
+        self.sandbox = sandbox if sandbox is not None else Sandbox.default()
 
     # -- the two seams ---------------------------------------------------------------------
 
     def run(
-        self, args: Sequence[str], timeout: float | None = None, limits: Limits | None = None
+        self, args: Sequence[str], timeout: float | None = None, limits: Limits | None = None,
+        exposure: Exposure = Exposure(),
     ) -> bytes:
-        """Run ``qemu-img args`` to completion; stdout on success, QemuImgError otherwise."""
+        """Run ``qemu-img args`` to completion, in the sandbox seeing only ``exposure``;
+        stdout on success, QemuImgError otherwise."""
         command = [self.binary, *args]
         log.debug("running %s", command)
-        process = _spawn(command, limits)
+        process = _spawn(self._wrap(command, exposure), limits)
         try:
             stdout, stderr = process.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -307,10 +320,11 @@ class QemuImg:
             process.wait()
             raise
         if process.returncode != 0:
-            raise _failed(command, process.returncode, _decode(stderr))
+            raise _failed(command, self.sandbox.status(process.returncode), _decode(stderr))
         return stdout
 
-    def stream(self, args: Sequence[str], on_line: Callable[[str], None]) -> None:
+    def stream(self, args: Sequence[str], on_line: Callable[[str], None],
+               exposure: Exposure = Exposure(), limits: Limits | None = None) -> None:
         """Run ``qemu-img args``, calling ``on_line`` for every stdout line as it comes.
 
         Lines end at ``\\r`` or ``\\n`` (qemu-img's ``-p`` redraws one line with ``\\r``);
@@ -320,7 +334,7 @@ class QemuImg:
         """
         command = [self.binary, *args]
         log.debug("streaming %s", command)
-        process = _spawn(command, None)
+        process = _spawn(self._wrap(command, exposure), limits)
         assert process.stdout is not None and process.stderr is not None
         stderr = _Collector(process.stderr)
         try:
@@ -334,7 +348,15 @@ class QemuImg:
         returncode = process.wait()
         stderr.join()
         if returncode != 0:
-            raise _failed(command, returncode, stderr.text)
+            raise _failed(command, self.sandbox.status(returncode), stderr.text)
+
+    def _wrap(self, command: list[str], exposure: Exposure) -> list[str]:
+        """The command to spawn: the binary found on PATH first (inside the sandbox a
+        missing binary would only show as bwrap's failure), then wrapped."""
+        binary = shutil.which(command[0])
+        if binary is None:
+            raise _not_started(command, FileNotFoundError(errno.ENOENT, "No such file or directory"))
+        return self.sandbox.wrap([binary, *command[1:]], exposure)
 
     # -- what the importer asks of qemu-img -----------------------------------------------
 
@@ -348,7 +370,8 @@ class QemuImg:
         target = _argument(source)
         args = ["info", "--output=json", *(["-f", fmt] if fmt else []), target]
         try:
-            out = self.run(args, timeout=self.info_timeout, limits=self.limits)
+            out = self.run(args, timeout=self.info_timeout, limits=self.limits,
+                           exposure=exposure_of(target))
         except QemuImgError as error:
             raise self._invalid(target, error) from error
         try:
@@ -394,8 +417,10 @@ class QemuImg:
             base.append("-n")
         on_line = _progress_parser(progress)
 
+        exposure = exposure_of(source, target)
+
         def attempt(extra: tuple[str, ...]) -> None:
-            self.stream([*base, *extra, source, target], on_line)
+            self.stream([*base, *extra, source, target], on_line, exposure, CONVERT_LIMITS)
 
         try:
             _with_preallocation(self._convert_attempts(preallocate, dest_is_block), attempt)
@@ -418,7 +443,8 @@ class QemuImg:
             attempts = [("-o", "preallocation=falloc"), ("-o", "preallocation=full")]
 
         def attempt(extra: tuple[str, ...]) -> None:
-            self.run(["create", "-f", "raw", *extra, target, str(size)])
+            self.run(["create", "-f", "raw", *extra, target, str(size)],
+                     exposure=Exposure(writable=(target,)), limits=CONVERT_LIMITS)
 
         try:
             _with_preallocation(attempts, attempt)
@@ -432,7 +458,7 @@ class QemuImg:
         A target already at least ``size`` bytes is left alone: shrinking would cut off the
         end of the guest's disk.
         """
-        target = os.fspath(path)
+        target = _argument(path)
         if os.stat(target).st_size >= size:
             return
         attempts: list[tuple[str, ...]] = [()]
@@ -440,7 +466,8 @@ class QemuImg:
             attempts = [("--preallocation=falloc",), ("--preallocation=full",)]
 
         def attempt(extra: tuple[str, ...]) -> None:
-            self.run(["resize", "-f", "raw", *extra, _argument(target), str(size)])
+            self.run(["resize", "-f", "raw", *extra, target, str(size)],
+                     exposure=Exposure(writable=(target,)), limits=CONVERT_LIMITS)
 
         try:
             _with_preallocation(attempts, attempt)
@@ -539,9 +566,10 @@ def _kill(process: subprocess.Popen[bytes]) -> None:
 
 
 def _argument(path: str | os.PathLike[str]) -> str:
-    """A path as a qemu-img argument: one starting with ``-`` must not read as an option."""
+    """A path as a qemu-img argument: absolute (the sandbox binds it at the same place, and
+    one starting with ``-`` must not read as an option); URLs pass unchanged."""
     text = os.fspath(path)
-    return f"./{text}" if text.startswith("-") else text
+    return text if "://" in text else os.path.abspath(text)
 
 
 def _decode(data: bytes | str | None) -> str:

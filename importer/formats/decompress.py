@@ -19,6 +19,10 @@ import zstandard
 from ..errors import InvalidImage
 from ..stream import CHUNK, ChunkReader, tap
 
+MAX_DECODER_MEMORY = 128 * 1024 * 1024
+"""Memory one decompressor may ask for: xz's dictionary (xz -9 needs 65 MiB) and zstd's
+window (``zstd --long`` uses 128 MiB). A stream that needs more is refused, not obeyed."""
+
 
 class Decoder(Protocol):
     def decompress(self, data: bytes, max_length: int) -> bytes: ...
@@ -63,7 +67,7 @@ def _new_decoder(kind: str) -> Decoder:
     if kind == "gz":
         return _ZlibDecoder()
     if kind == "xz":
-        return lzma.LZMADecompressor()
+        return lzma.LZMADecompressor(memlimit=MAX_DECODER_MEMORY)
     if kind == "bz2":
         return bz2.BZ2Decompressor()
     raise ValueError(f"not a compression: {kind}")
@@ -100,7 +104,7 @@ def decompress(kind: str, chunks: Iterable[bytes]) -> Iterator[bytes]:
                 break
             yield out
     except (zlib.error, lzma.LZMAError, OSError, EOFError, zstandard.ZstdError) as error:
-        raise InvalidImage(f"the {kind} compressed data is corrupt: {error}") from error
+        raise _corrupt(kind, error) from error
     if started and not decoder.eof:
         raise InvalidImage(f"the {kind} compressed data is truncated: the stream ended early")
 
@@ -111,14 +115,22 @@ def _zstd(chunks: Iterable[bytes]) -> Iterator[bytes]:
     stream cut inside a frame as a clean end."""
     walker = ZstdFrameWalker()
     source = ChunkReader(tap(chunks, walker.feed))
-    reader = zstandard.ZstdDecompressor(max_window_size=2**31).stream_reader(
+    reader = zstandard.ZstdDecompressor(max_window_size=MAX_DECODER_MEMORY).stream_reader(
         source, read_size=1 << 20, read_across_frames=True)  # type: ignore[arg-type]  # duck-typed read()
     try:
         while data := reader.read(CHUNK):
             yield data
     except zstandard.ZstdError as error:
-        raise InvalidImage(f"the zst compressed data is corrupt: {error}") from error
+        raise _corrupt("zst", error) from error
     walker.finish()
+
+
+def _corrupt(kind: str, error: Exception) -> InvalidImage:
+    text = str(error)
+    if any(word in text.lower() for word in ("limit", "window", "memory")):
+        return InvalidImage(f"the {kind} compressed data needs more memory to decompress than "
+                            f"the {MAX_DECODER_MEMORY >> 20} MiB allowed ({text})")
+    return InvalidImage(f"the {kind} compressed data is corrupt: {text}")
 
 
 class ZstdFrameWalker:

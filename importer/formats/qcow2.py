@@ -27,13 +27,16 @@ import tempfile
 import threading
 import zlib
 from bisect import bisect_right
+from array import array
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Generator, Iterator
 
-from ..errors import InvalidImage, ScratchSpaceRequired, UnsafeImage
+from ..errors import (ImageTooLarge, InvalidImage, PermanentError, ScratchSpaceRequired,
+                      UnsafeImage)
 from ..stream import CHUNK, ChunkReader
-from ..target import DiskTarget, data_runs
+from ..target import DiskTarget, data_runs, is_zero
+from .qcow2_map import MAX_LIVE_TABLE_BYTES, L2Index, L2Table
 
 ReadAt = Callable[[int, int], bytes]
 
@@ -337,6 +340,34 @@ def _check_l1(h: Qcow2Header) -> None:
 # -- conversion --------------------------------------------------------------------------
 
 
+def _check_file_can_hold(target: DiskTarget, size: int) -> None:
+    """A file target must be able to grow to the virtual size (ext4 stops at 16 TiB): try
+    it on the still empty work file before any byte moves."""
+    if target.is_block:
+        return
+    try:
+        os.ftruncate(target.fd, size)
+        os.ftruncate(target.fd, 0)
+    except (OSError, OverflowError) as error:
+        raise PermanentError(
+            f"the qcow2 image's virtual size of {size} bytes is larger than the target "
+            f"filesystem can hold in one file ({error}): DataVolume too small to contain image",
+            reason="TooSmall") from error
+
+
+@dataclass(frozen=True)
+class _SpillPlan:
+    directory: Path | None
+    limit: int | None
+    """Most bytes (not counting zero blocks) the spill file may take; None: free space only."""
+
+
+def spill_limit(capacity: int | None) -> int | None:
+    """What a spill may hold for a target of ``capacity`` bytes: the guest data it stands for
+    plus room for metadata (L2 tables and refcounts are at most 1/32 of a disk)."""
+    return None if capacity is None else capacity + capacity // 32 + 4 * 1024 * 1024
+
+
 def convert_qcow2(reader: ChunkReader, target: DiskTarget, *, read_at: ReadAt | None = None,
                   spill_dir: Path | None = None) -> Qcow2Result:
     """Convert the qcow2 image that ``reader`` streams (from its byte 0) into ``target``.
@@ -344,7 +375,8 @@ def convert_qcow2(reader: ChunkReader, target: DiskTarget, *, read_at: ReadAt | 
     The stream is read once, in order, to its very end (the caller hashes and counts it).
     ``read_at(offset, length)`` is optional random access to the same file, used only for
     the tables and for the rare byte range needed again; without it, bytes that arrive before
-    their mapping is known go to a spill file in ``spill_dir``.
+    their mapping is known go to a spill file in ``spill_dir``, bounded by the target's
+    capacity (:func:`spill_limit`) and the free space there.
     """
     probe = reader.peek(HEADER_PROBE_BYTES)
     if len(probe) >= _HEADER_V2.size and probe[:4] == MAGIC:
@@ -354,53 +386,67 @@ def convert_qcow2(reader: ChunkReader, target: DiskTarget, *, read_at: ReadAt | 
             probe = reader.peek(1 << cluster_bits)
     header = parse_header(probe)
     target.check_fits(header.virtual_size)
-    converter = _Converter(header, reader, target, read_at, spill_dir)
+    _check_file_can_hold(target, header.virtual_size)
+    plan = _SpillPlan(spill_dir, spill_limit(target.capacity))
+    converter = _Converter(header, reader, target, read_at, plan)
     try:
         return converter.run()
     finally:
         converter.close()
 
 
-# Events: (host start, host end, kind, arg), processed in host order from a heap.
+# Events: (host start, host end, kind, arg, table), processed in host order from a heap that
+# holds one event per source: the L1 table, the next L2 table to load, and the next run of
+# every loaded L2 table. Its size is the number of tables in use, not of clusters.
 _L1, _L2, _DATA, _COMPRESSED = range(4)
 _WHAT = ("L1 table", "L2 table", "data cluster", "compressed cluster")
-Event = tuple[int, int, int, int]
+Event = tuple[int, int, int, int, int]
+_GROUP_GAP = 16384
+_GROUP_LIMIT = 8 * 1024 * 1024
 
 
 class _Converter:
     """One conversion: walks the stream in host order and dispatches each mapped byte range.
 
-    Ranges are queued as events sorted by host offset. An event that starts behind the
-    stream position (its table came late, or compressed clusters sharing a sector) takes the
-    bytes already passed from the last piece read, the spill file or ``read_at``.
+    An event that starts behind the stream position (its table came late, compressed
+    clusters sharing a sector, clusters mapped more than once) takes the bytes already passed
+    from the last piece read, the spill file or ``read_at``. Data for an L2 table that several
+    L1 entries share is read once and written at each of their guest offsets.
     """
 
     def __init__(self, header: Qcow2Header, reader: ChunkReader, target: DiskTarget,
-                 read_at: ReadAt | None, spill_dir: Path | None) -> None:
+                 read_at: ReadAt | None, spill: "_SpillPlan") -> None:
         self.h = header
         self.cs = header.cluster_size
         self.reader = reader
         self.base = reader.position
         self.read_at = read_at
-        self.spill_dir = spill_dir
+        self.spill_plan = spill
         self.spill: _Spill | None = None
         self.events: list[Event] = []
-        self.pending = 0
-        """Tables announced but not read yet: while any is, passing bytes may be data."""
+        self.index: L2Index | None = None
+        self.l1_pending = False
+        self.tables: dict[int, L2Table] = {}
+        self.serial = 0
+        self.live_bytes = 0
+        self.queued_table = -1
+        self.skip_zero = not target.is_block
+        """A new file reads as zeros where nothing is written; a device must be written."""
         self.last_start = 0
         self.last_data = b""
         """The last piece read from the stream, for ranges that reach back into it."""
         self.result = Qcow2Result(header.virtual_size)
         self.out = _Output(target, self.result)
         self.inflate = _decompressor(header)
-        bits = header.cluster_bits - 8
-        self.c_shift = 62 - bits
-        self.c_offset_mask = (1 << self.c_shift) - 1
-        self.c_sectors_mask = (1 << bits) - 1
 
     @property
     def pos(self) -> int:
         return self.reader.position - self.base
+
+    @property
+    def pending(self) -> int:
+        """Tables announced but not read yet: while any is, passing bytes may be data."""
+        return int(self.l1_pending) + (self.index.pending if self.index is not None else 0)
 
     def close(self) -> None:
         """Release the writer thread and the spill file, on success or failure."""
@@ -410,11 +456,13 @@ class _Converter:
 
     def run(self) -> Qcow2Result:
         needed = self.h.l1_needed
+        start = self.h.l1_table_offset
         if needed and self.read_at is not None:
-            self._load_tables()
+            self.index = L2Index(self._read_at_exact(start, needed * 8, _L1), self.cs)
+            self._indexed()
         elif needed:
-            self.events = [(self.h.l1_table_offset, self.h.l1_table_offset + needed * 8, _L1, 0)]
-            self.pending = 1
+            self.events = [(start, start + needed * 8, _L1, 0, -1)]
+            self.l1_pending = True
         self.reader.skip(self.cs)  # the header cluster: nothing maps there
         while self.events:
             self._handle(*heapq.heappop(self.events))
@@ -425,17 +473,10 @@ class _Converter:
 
     # -- tables ----------------------------------------------------------------------------
 
-    def _load_tables(self) -> None:
-        """Random access: read L1 and every L2 table first, so the stream needs no spill."""
-        assert self.read_at is not None
-        l1 = self._read_at_exact(self.h.l1_table_offset, self.h.l1_needed * 8, _L1)
-        tables = self._l2_tables(l1)
-        for start, end, members in _group_ranges(tables, self.cs):
-            blob = self._read_at_exact(start, end - start, _L2)
-            for index, offset in members:
-                at = offset - start
-                self.events.extend(self._l2_events(index, blob[at:at + self.cs]))
-        heapq.heapify(self.events)
+    def _indexed(self) -> None:
+        """The L1 table is known (the bytes it came in are gone): start loading tables."""
+        self._prefetch()
+        self._queue_table()
 
     def _read_at_exact(self, offset: int, length: int, kind: int) -> bytes:
         assert self.read_at is not None
@@ -444,102 +485,99 @@ class _Converter:
             raise self._truncated(kind, offset)
         return data
 
-    def _l2_tables(self, l1: bytes) -> list[tuple[int, int]]:
-        """(L1 index, host offset) of every allocated L2 table."""
-        tables = []
-        for index, entry in enumerate(struct.unpack(f">{len(l1) // 8}Q", l1)):
-            offset = entry & OFFSET_MASK
-            if not offset:
-                continue
-            if offset % self.cs:
-                raise InvalidImage(f"qcow2 L2 table offset {offset:#x} is not aligned to a "
-                                   f"cluster (L1 index {index})")
-            tables.append((index, offset))
-        return tables
+    def _prefetch(self) -> None:
+        """With random access, load tables ahead of the stream (in ranged reads of nearby
+        tables) while they take less than half the budget, so their data needs no re-read."""
+        index = self.index
+        if self.read_at is None or index is None:
+            return
+        while (first := index.peek()) is not None and \
+                self.live_bytes < MAX_LIVE_TABLE_BYTES // 2:
+            end = first + self.cs
+            while (nxt := index.peek_after(end)) is not None and \
+                    nxt <= end + _GROUP_GAP and nxt + self.cs - first <= _GROUP_LIMIT:
+                end = nxt + self.cs
+            blob = self._read_at_exact(first, end - first, _L2)
+            while (offset := index.peek()) is not None and offset < end:
+                _, bases = index.take()
+                self._load(blob[offset - first:offset - first + self.cs], bases)
 
-    def _l2_events(self, index: int, table: bytes) -> list[Event]:
-        """Turn one L2 table into events: runs of host-contiguous standard clusters that are
-        also guest-contiguous become one event, each compressed cluster one event; zero and
-        unallocated clusters are holes and produce nothing."""
-        cs = self.cs
-        vsize = self.h.virtual_size
-        guest = index * self.h.l2_span
-        count = min(self.h.l2_entries, -(-(vsize - guest) // cs))
-        events: list[Event] = []
-        run_host = run_end = run_guest = run_next = -1
-        for i, entry in enumerate(struct.unpack_from(f">{count}Q", table)):
-            if not entry:
-                continue
-            where = guest + i * cs
-            if entry & L2_COMPRESSED:
-                events.append(self._compressed_event(entry, where))
-                continue
-            offset = entry & OFFSET_MASK
-            if entry & L2_ZERO or not offset:
-                if offset % cs:  # a preallocated zero cluster must still be aligned
-                    raise self._unaligned(offset, where)
-                continue
-            if offset == run_end and where == run_next:
-                run_end += cs
-                run_next += cs
-                continue
-            if offset % cs:
-                raise self._unaligned(offset, where)
-            if run_end > 0:
-                events.append(self._data_event(run_host, run_end, run_guest))
-            run_host, run_end, run_guest, run_next = offset, offset + cs, where, where + cs
-        if run_end > 0:
-            events.append(self._data_event(run_host, run_end, run_guest))
-        return events
+    def _queue_table(self) -> None:
+        """Put the next table to load on the heap, once."""
+        offset = self.index.peek() if self.index is not None else None
+        if offset is not None and offset != self.queued_table:
+            self.queued_table = offset
+            heapq.heappush(self.events, (offset, offset + self.cs, _L2, 0, -1))
 
-    @staticmethod
-    def _unaligned(offset: int, guest: int) -> InvalidImage:
-        return InvalidImage(f"qcow2 cluster offset {offset:#x} is not aligned to a cluster "
-                            f"(guest offset {guest:#x})")
+    def _load(self, data: bytes, bases: "array[int]") -> None:
+        guest = bases[0] * self.h.l2_span
+        count = min(self.h.l2_entries, -(-(self.h.virtual_size - guest) // self.cs))
+        table = L2Table(data, count, self.h.cluster_bits, bases)
+        self.live_bytes += table.nbytes
+        if self.live_bytes > MAX_LIVE_TABLE_BYTES:
+            raise InvalidImage(
+                f"the qcow2 image keeps more than {MAX_LIVE_TABLE_BYTES >> 20} MiB of L2 tables "
+                "ahead of the data they map, more than a streaming import holds; convert it "
+                "with 'qemu-img convert -O qcow2' first")
+        self.serial += 1
+        self.tables[self.serial] = table
+        self._advance(self.serial)
 
-    def _data_event(self, host: int, end: int, guest: int) -> Event:
-        """A data run, cut at the virtual size (the last cluster may be partly outside)."""
-        length = min(end - host, self.h.virtual_size - guest)
-        return (host, host + length, _DATA, guest)
-
-    def _compressed_event(self, entry: int, guest: int) -> Event:
-        """Decode a compressed cluster descriptor: the offset takes the low 62 - (cluster_bits
-        - 8) bits, the count of extra 512-byte sectors the bits above it, up to bit 61."""
-        offset = entry & self.c_offset_mask
-        sectors = ((entry >> self.c_shift) & self.c_sectors_mask) + 1
-        if offset >> 56:
-            raise InvalidImage(f"qcow2 compressed cluster offset {offset:#x} is out of range")
-        if offset < self.cs:
-            raise InvalidImage("qcow2 compressed cluster overlaps the image header")
-        return (offset, offset + sectors * SECTOR - (offset % SECTOR), _COMPRESSED, guest)
+    def _advance(self, key: int) -> None:
+        """Queue a table's next run, or drop the table when it has none left."""
+        table = self.tables[key]
+        if table.peek() is None:
+            del self.tables[key]
+            self.live_bytes -= table.nbytes
+            self._prefetch()
+            self._queue_table()
+            return
+        run = table.current = table.take()
+        kind = _COMPRESSED if run.compressed else _DATA
+        heapq.heappush(self.events, (run.start, run.end, kind, 0, key))
 
     # -- events ----------------------------------------------------------------------------
 
-    def _handle(self, start: int, end: int, kind: int, arg: int) -> None:
+    def _handle(self, start: int, end: int, kind: int, arg: int, key: int) -> None:
         if kind == _DATA:
-            self._copy(start, end, arg)
+            self._copy(start, end, self.tables[key])
+            self._advance(key)
         elif kind == _COMPRESSED:
-            self._decompress(start, end, arg)
+            self._decompress(start, end, self.tables[key])
+            self._advance(key)
         elif kind == _L2:
-            table = self._fetch(start, end, kind)
-            self.pending -= 1
-            self._queue(self._l2_events(arg, table))
+            assert self.index is not None
+            if self.index.peek() != start:
+                return  # loaded ahead by _prefetch meanwhile
+            data = self._fetch(start, end, kind)
+            _, bases = self.index.take()
+            self._load(data, bases)
+            self._queue_table()
         else:
-            l1 = self._fetch(start, end, kind)
-            self.pending -= 1
-            tables = self._l2_tables(l1)
-            self.pending += len(tables)
-            self._queue([(offset, offset + self.cs, _L2, index) for index, offset in tables])
+            self.index = L2Index(self._fetch(start, end, kind), self.cs)
+            self.l1_pending = False
+            self._indexed()
 
-    def _queue(self, events: list[Event]) -> None:
-        for event in events:
-            heapq.heappush(self.events, event)
+    def _place(self, table: L2Table, delta: int, piece: bytes) -> None:
+        """Write ``piece``, ``delta`` bytes into the table's current run, at every guest
+        offset that maps it: each of the run's guests under each L1 entry using the table."""
+        if self.skip_zero and is_zero(piece):
+            return
+        span, size = self.h.l2_span, self.h.virtual_size
+        guests = table.current.guests
+        write = self.out.write
+        for base in table.bases:
+            for relative in guests:
+                guest = base * span + relative + delta
+                if guest >= size:
+                    continue
+                write(guest, piece if guest + len(piece) <= size else piece[:size - guest])
 
-    def _copy(self, start: int, end: int, guest: int) -> None:
+    def _copy(self, start: int, end: int, table: L2Table) -> None:
         """Copy a data run to the target as its pieces arrive."""
         done = start
         for offset, piece, spilled in self._pieces(start, end, _DATA):
-            self.out.write(guest + offset - start, piece)
+            self._place(table, offset - start, piece)
             if spilled:
                 self.result.spilled_bytes += len(piece)
             done = offset + len(piece)
@@ -548,11 +586,12 @@ class _Converter:
             # must not end before a cluster starts.
             last_cluster = start + (end - start - 1) // self.cs * self.cs
             if done <= last_cluster:
+                guest = table.bases[0] * self.h.l2_span + table.current.guests[0] + done - start
                 raise InvalidImage(
                     f"image is truncated: the data cluster at {done:#x} (guest offset "
-                    f"{guest + done - start:#x}) lies beyond the end of the file")
+                    f"{guest:#x}) lies beyond the end of the file")
 
-    def _decompress(self, start: int, end: int, guest: int) -> None:
+    def _decompress(self, start: int, end: int, table: L2Table) -> None:
         """Inflate one compressed cluster. Its last sector may hold the start of the next
         compressed cluster and may run past the end of the file; the stream inside stops by
         itself once a cluster is produced."""
@@ -570,8 +609,8 @@ class _Converter:
             # Cut by the end of the file: qemu reads zeros there. (A cluster cut short by
             # bytes we no longer have gets no padding: raw deflate has no checksum.)
             data += bytes(end - start - len(data))
-        cluster = self.inflate(data, self.cs, guest)
-        self.out.write(guest, cluster[:self.h.virtual_size - guest])
+        guest = table.bases[0] * self.h.l2_span + table.current.guests[0]
+        self._place(table, 0, self.inflate(data, self.cs, guest))
         self.result.compressed_clusters += 1
 
     def _fetch(self, start: int, end: int, kind: int) -> bytes:
@@ -679,7 +718,7 @@ class _Converter:
 
     def _spill(self) -> "_Spill":
         if self.spill is None:
-            self.spill = _Spill(self.spill_dir)
+            self.spill = _Spill(self.spill_plan)
         return self.spill
 
 
@@ -769,18 +808,35 @@ class _Spill:
     """Stream bytes of unknown meaning, kept at their host offsets in an unnamed sparse file.
     Zero blocks are not written: a hole reads back as the zeros it stands for."""
 
-    def __init__(self, directory: Path | None) -> None:
+    def __init__(self, plan: _SpillPlan) -> None:
         try:
-            self.file = tempfile.TemporaryFile(dir=directory, prefix="qcow2-spill-")
+            self.file = tempfile.TemporaryFile(dir=plan.directory, prefix="qcow2-spill-")
+            st = os.fstatvfs(self.file.fileno())
         except OSError as error:
             raise ScratchSpaceRequired(f"cannot create the qcow2 spill file: {error}") from error
         self.fd = self.file.fileno()
+        self.free = st.f_bavail * st.f_frsize
+        self.limit = plan.limit
+        self.used = 0
         self.starts: list[int] = []
         self.ends: list[int] = []
+
+    def _charge(self, nbytes: int) -> None:
+        """Count bytes about to be written; refuse past the plan's limit or the free space
+        the spill directory had when the spill began."""
+        self.used += nbytes
+        if self.limit is not None and self.used > self.limit:
+            raise ImageTooLarge(self.used, self.limit,
+                                "qcow2 data stored ahead of its tables (spilled)")
+        if self.used > self.free:
+            raise ScratchSpaceRequired(
+                f"the qcow2 spill needs more than the {self.free} bytes free in its directory: "
+                "this image stores data before its tables; give it more scratch space")
 
     def add(self, offset: int, data: bytes) -> None:
         view = memoryview(data)
         for start, stop in data_runs(data):
+            self._charge(stop - start)
             self._pwrite(view[start:stop], offset + start)
         if self.ends and self.ends[-1] == offset:
             self.ends[-1] = offset + len(data)
@@ -816,24 +872,6 @@ class _Spill:
 
     def close(self) -> None:
         self.file.close()
-
-
-def _group_ranges(tables: list[tuple[int, int]], cluster_size: int, gap: int = 16384,
-                  limit: int = 8 * 1024 * 1024,
-                  ) -> Iterator[tuple[int, int, list[tuple[int, int]]]]:
-    """Group L2 tables lying close together into one ranged read each."""
-    group: list[tuple[int, int]] = []
-    start = end = 0
-    for index, offset in sorted(tables, key=lambda t: t[1]):
-        if group and offset <= end + gap and offset + cluster_size - start <= limit:
-            group.append((index, offset))
-            end = max(end, offset + cluster_size)
-            continue
-        if group:
-            yield start, end, group
-        group, start, end = [(index, offset)], offset, offset + cluster_size
-    if group:
-        yield start, end, group
 
 
 def _decompressor(header: Qcow2Header) -> Callable[[bytes, int, int], bytes]:

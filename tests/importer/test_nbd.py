@@ -129,9 +129,11 @@ def test_export_size_not_a_multiple_of_512(tmp_path: Path, size: int) -> None:
 
 
 def test_vmdk_descriptor_over_nbd_is_read_and_refused(tmp_path: Path) -> None:
-    """A 150-byte text descriptor (unaligned) naming a host file: qemu opens it, we refuse."""
-    from importer.errors import UnsafeImage
+    """A 150-byte text descriptor (unaligned) naming a host file: unsandboxed qemu opens it
+    and we refuse; sandboxed (over the same NBD socket) the file does not exist for it."""
+    from importer.errors import InvalidImage, UnsafeImage
     from importer.qemu import validate
+    from importer.sandbox import Sandbox
 
     secret = tmp_path / "secret"
     secret.write_bytes(bytes(MiB))
@@ -141,7 +143,9 @@ def test_vmdk_descriptor_over_nbd_is_read_and_refused(tmp_path: Path) -> None:
         f'createType="monolithicFlat"\nRW 2048 FLAT "{secret}" 0\n'
     )
     with serve(descriptor) as server:
-        info = QemuImg(info_timeout=20).info(server.url, "vmdk")
+        info = QemuImg(info_timeout=20, sandbox=Sandbox(None)).info(server.url, "vmdk")
+        with pytest.raises(InvalidImage, match="secret': No such file"):
+            QemuImg(info_timeout=20).info(server.url, "vmdk")
     with pytest.raises(UnsafeImage, match="extents point at other files"):
         validate(info)
 

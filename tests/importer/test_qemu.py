@@ -33,6 +33,7 @@ from pathlib import Path
 import pytest
 
 from importer.errors import ImageTooLarge, InvalidImage, UnsafeImage
+from importer.sandbox import Sandbox
 from importer.qemu import (
     SUPPORTED_FORMATS,
     ImageInfo,
@@ -148,15 +149,26 @@ def test_qcow2_external_data_file_is_refused(qemu: QemuImg, tmp_path: Path) -> N
         validate(info)
 
 
-def test_split_vmdk_is_refused(qemu: QemuImg, tmp_path: Path) -> None:
+def test_split_vmdk_is_refused(tmp_path: Path) -> None:
+    """Unsandboxed, qemu-img opens the extent files and validate() refuses them."""
     image = tmp_path / "split.vmdk"
     qemu_img("create", "-f", "vmdk", "-o", "subformat=twoGbMaxExtentSparse", image, "1M")
+    bare = QemuImg(sandbox=Sandbox(None))
     with pytest.raises(UnsafeImage, match=r"extents point at other files \('/.*/split-s001.vmdk'\)"):
-        validate(qemu.info(image, "vmdk"))
+        validate(bare.info(image, "vmdk"))
 
 
-def test_vmdk_descriptor_pointing_elsewhere_is_refused(qemu: QemuImg, tmp_path: Path) -> None:
-    """The classic exfiltration: a text descriptor whose FLAT extent is a host file."""
+def test_sandboxed_qemu_img_cannot_see_other_extents(qemu: QemuImg, tmp_path: Path) -> None:
+    image = tmp_path / "split.vmdk"
+    qemu_img("create", "-f", "vmdk", "-o", "subformat=twoGbMaxExtentSparse", image, "1M")
+    assert qemu.sandbox.active
+    with pytest.raises(InvalidImage, match="split-s001.vmdk': No such file"):
+        qemu.info(image, "vmdk")
+
+
+def test_vmdk_descriptor_pointing_elsewhere_is_refused(tmp_path: Path) -> None:
+    """The classic exfiltration: a text descriptor whose FLAT extent is a host file.
+    Unsandboxed, qemu-img reads it and validate() refuses it; sandboxed, it is not there."""
     secret = tmp_path / "secret"
     secret.write_bytes(b"s3cr3t".ljust(1 * MiB, b"\0"))
     descriptor = tmp_path / "evil.vmdk"
@@ -164,10 +176,12 @@ def test_vmdk_descriptor_pointing_elsewhere_is_refused(qemu: QemuImg, tmp_path: 
         "# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\n"
         f'createType="monolithicFlat"\nRW 2048 FLAT "{secret}" 0\n'
     )
-    info = qemu.info(descriptor, "vmdk")
+    info = QemuImg(sandbox=Sandbox(None)).info(descriptor, "vmdk")
     assert [e.filename for e in info.extents] == [str(secret)]
     with pytest.raises(UnsafeImage, match="VMDK descriptor"):
         validate(info)
+    with pytest.raises(InvalidImage, match="secret': No such file"):
+        QemuImg().info(descriptor, "vmdk")
 
 
 def test_monolithic_vmdk_reached_by_another_path_is_accepted(
@@ -273,13 +287,13 @@ def test_limits_are_set_in_the_child() -> None:
         "import resource as r; "
         "print(r.getrlimit(r.RLIMIT_CPU)[0], r.getrlimit(r.RLIMIT_AS)[0])"
     )
-    out = QemuImg(sys.executable).run(["-c", script], limits=Limits())
+    out = QemuImg(sys.executable, sandbox=Sandbox(None)).run(["-c", script], limits=Limits())
     assert out.split() == [b"30", str(1024 * MiB).encode()]
 
 
 def test_memory_limit_refuses_a_huge_allocation() -> None:
     with pytest.raises(QemuImgError, match="MemoryError"):
-        QemuImg(sys.executable).run(["-c", "bytearray(2 << 30)"], limits=Limits())
+        QemuImg(sys.executable, sandbox=Sandbox(None)).run(["-c", "bytearray(2 << 30)"], limits=Limits())
 
 
 def test_cpu_limit_kills_a_spinning_child() -> None:
