@@ -189,7 +189,7 @@ def test_archive_pvc_manifest(image: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def cluster(control_plane: ControlPlane, kube: client.ApiClient) -> Iterator[tuple[ControlPlane, str]]:
+def crds_and_namespace(control_plane: ControlPlane, kube: client.ApiClient) -> Iterator[tuple[ControlPlane, str]]:
     """The CRDs applied, and one namespace for this module's volumes (each test its own name)."""
     apply_crds(control_plane)
     core = client.CoreV1Api(kube)
@@ -254,10 +254,10 @@ def upload_argv(kind: str, name: str, namespace: str, image: Path, plane: Contro
             "--kubeconfig", str(plane.kubeconfig), *extra]
 
 
-def test_dv_mode(cluster: tuple[ControlPlane, str], kube: client.ApiClient, loop: LoopThread, pki: Pki,
+def test_dv_mode(crds_and_namespace: tuple[ControlPlane, str], kube: client.ApiClient, loop: LoopThread, pki: Pki,
                  proxy: ProxyHandle, server: ServerHandle, image: Path, cli_tokens: None,
                  capsys: pytest.CaptureFixture[str]) -> None:
-    plane, ns = cluster
+    plane, ns = crds_and_namespace
     with FakeUploadController(kube, ns, "golden", kind="dv", loop=loop, proxy=proxy, server=server) as fake:
         code = cli.main(upload_argv(
             "dv", "golden", ns, image, plane, "--size", "1Gi", "--storage-class", "fast",
@@ -279,10 +279,10 @@ def test_dv_mode(cluster: tuple[ControlPlane, str], kube: client.ApiClient, loop
     assert sha256(server.disk) == sha256(image)
 
 
-def test_pvc_mode_no_create_marks_the_pvc(cluster: tuple[ControlPlane, str], kube: client.ApiClient,
+def test_pvc_mode_no_create_marks_the_pvc(crds_and_namespace: tuple[ControlPlane, str], kube: client.ApiClient,
                                           loop: LoopThread, pki: Pki, proxy: ProxyHandle, server: ServerHandle,
                                           image: Path, token_source: Callable[[str, str], str]) -> None:
-    _, ns = cluster
+    _, ns = crds_and_namespace
     client.CoreV1Api(kube).create_namespaced_persistent_volume_claim(ns, pvc_body({}) | {
         "metadata": {"name": "plain"}})
     seen: list[tuple[int, int]] = []
@@ -297,11 +297,11 @@ def test_pvc_mode_no_create_marks_the_pvc(cluster: tuple[ControlPlane, str], kub
     assert sha256(server.disk) == sha256(image)
 
 
-def test_wait_for_first_consumer_fails_fast(cluster: tuple[ControlPlane, str], kube: client.ApiClient,
+def test_wait_for_first_consumer_fails_fast(crds_and_namespace: tuple[ControlPlane, str], kube: client.ApiClient,
                                             loop: LoopThread, proxy: ProxyHandle, server: ServerHandle,
                                             image: Path, cli_tokens: None,
                                             capsys: pytest.CaptureFixture[str]) -> None:
-    plane, ns = cluster
+    plane, ns = crds_and_namespace
     started = time.monotonic()
     with FakeUploadController(kube, ns, "wffc", kind="dv", loop=loop, proxy=proxy, server=server,
                               phase="WaitForFirstConsumer"):
@@ -316,9 +316,9 @@ def test_wait_for_first_consumer_fails_fast(cluster: tuple[ControlPlane, str], k
     assert gone.value.status == 404
 
 
-def test_succeeded_pvc_refused(cluster: tuple[ControlPlane, str], kube: client.ApiClient, image: Path,
+def test_succeeded_pvc_refused(crds_and_namespace: tuple[ControlPlane, str], kube: client.ApiClient, image: Path,
                                cli_tokens: None, capsys: pytest.CaptureFixture[str]) -> None:
-    plane, ns = cluster
+    plane, ns = crds_and_namespace
     done = pvc_body({ann.UPLOAD_TARGET: "", ann.POD_PHASE: "Succeeded"})
     done["metadata"]["name"] = "done"
     client.CoreV1Api(kube).create_namespaced_persistent_volume_claim(ns, done)
@@ -329,7 +329,7 @@ def test_succeeded_pvc_refused(cluster: tuple[ControlPlane, str], kube: client.A
 
 
 @pytest.fixture
-def cdi_config(cluster: tuple[ControlPlane, str], kube: client.ApiClient) -> Iterator[Callable[..., None]]:
+def cdi_config(crds_and_namespace: tuple[ControlPlane, str], kube: client.ApiClient) -> Iterator[Callable[..., None]]:
     """``set(spec_override, status_url)`` on CDIConfig ``config``; put back as it was afterwards."""
     custom = client.CustomObjectsApi(kube)
     try:
@@ -351,10 +351,10 @@ def cdi_config(cluster: tuple[ControlPlane, str], kube: client.ApiClient) -> Ite
                  (before.get("status") or {}).get("uploadProxyURL"))
 
 
-def test_proxy_url_from_cdi_config(cluster: tuple[ControlPlane, str], kube: client.ApiClient, loop: LoopThread,
+def test_proxy_url_from_cdi_config(crds_and_namespace: tuple[ControlPlane, str], kube: client.ApiClient, loop: LoopThread,
                                    pki: Pki, proxy: ProxyHandle, server: ServerHandle, image: Path,
                                    token_source: Callable[[str, str], str], cdi_config: Callable[..., None]) -> None:
-    _, ns = cluster
+    _, ns = crds_and_namespace
     cdi_config(None, f"127.0.0.1:{proxy.proxy.port}")
     with FakeUploadController(kube, ns, "found", kind="dv", loop=loop, proxy=proxy, server=server) as fake:
         result = cdi.upload_image("found", image, namespace=ns, size="64Mi", api=kube, token_source=token_source,
@@ -368,9 +368,9 @@ def test_proxy_url_from_cdi_config(cluster: tuple[ControlPlane, str], kube: clie
         token_api.discover_proxy_url(kube, None)
 
 
-def test_token_refreshed_after_401(cluster: tuple[ControlPlane, str], kube: client.ApiClient, loop: LoopThread,
+def test_token_refreshed_after_401(crds_and_namespace: tuple[ControlPlane, str], kube: client.ApiClient, loop: LoopThread,
                                    pki: Pki, proxy: ProxyHandle, server: ServerHandle, image: Path) -> None:
-    _, ns = cluster
+    _, ns = crds_and_namespace
     issued: list[str] = []
 
     def expiring_first(namespace: str, pvc: str) -> str:

@@ -6,8 +6,9 @@ deploy/'s RBAC; every importer and upload server is a pod from our image on the 
 
 Tests reach the upload proxy at ``https://<node IP>:<NodePort>`` trusting the installer's CA, read
 the components' logs through ``kubectl logs`` (for their failure messages), and restart the
-controller by deleting its pod. At the end of this package the Deployments and the APIService are
-removed, so later tests (tests/kube writes DataVolume statuses by hand) see no controller.
+controller by deleting its pod. At the end of this package the product is uninstalled
+(``kubectl delete -f deploy/``), so later tests (tests/kube writes DataVolume statuses by hand,
+and applies deploy/ itself) see no controller.
 """
 
 from __future__ import annotations
@@ -44,7 +45,6 @@ CONTROLLER_ENV = {
     "IMPORTER_EXTRA_ENV": "IMPORTER_RETRY_ATTEMPTS=4",
     "IMPORT_MAX_ATTEMPTS": "2",
 }
-DEPLOYMENTS = ("cdi-py-controller", "cdi-apiserver", "cdi-uploadproxy")
 
 
 def kubectl(plane: ControlPlane, *args: str, check: bool = True, stdin: str | None = None,
@@ -111,10 +111,10 @@ def installed(cluster: Cluster, node: Node, tmp_path_factory: pytest.TempPathFac
     dvs.use_csi_state(csi.state_dir(node.layout))
     describe_storage(client.CustomObjectsApi(config.new_client_from_config(str(plane.kubeconfig))))
     yield Installation(plane, cluster.uploadproxy_url(), workdir / "proxy-ca.crt")
-    for name in DEPLOYMENTS:
-        kubectl(plane, "delete", "deployment", "-n", NAMESPACE, name, "--cascade=foreground", "--wait=true",
-                "--timeout=90s", "--ignore-not-found", check=False)
-    kubectl(plane, "delete", "apiservice", "v1beta1.upload.cdi.kubevirt.io", "--ignore-not-found", check=False)
+    # uninstall as a user would (the CRDs stay, as their data would): later tests apply deploy/
+    # to a cluster without it
+    kubectl(plane, "delete", "-f", str(ROOT / "deploy"), "--ignore-not-found", "--wait=true", "--timeout=180s",
+            check=False, timeout=240)
 
 
 CLAIM_PROPERTY_SETS = [{"accessModes": ["ReadWriteOnce"], "volumeMode": "Filesystem"},
