@@ -30,7 +30,7 @@ from typing import Any
 from kubeenv.binaries import Binaries, ensure_binaries
 from kubeenv.kubeconfig import write_kubeconfig
 from kubeenv.pki import CertPair, ClusterPKI, make_cluster_pki
-from kubeenv.process import Process
+from kubeenv.process import Process, wait_for_components
 
 SERVICE_CIDR = "10.0.0.0/24"
 SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
@@ -203,18 +203,7 @@ class ControlPlane:
     # -- health -----------------------------------------------------------------------------
 
     def _wait(self, ready: Callable[[], bool], what: str, deadline: float) -> None:
-        """Poll ``ready`` until true; fail fast with the log of any component that died meanwhile."""
-        while True:
-            dead = self.dead()
-            if dead:
-                raise ControlPlaneError("\n\n".join(f"{p.name} exited while waiting for {what}:\n{p.log_tail()}"
-                                                    for p in dead))
-            if ready():
-                return
-            if time.monotonic() > deadline:
-                logs = "\n\n".join(f"== {p.name}:\n{p.log_tail(15)}" for p in self.processes)
-                raise ControlPlaneError(f"timed out waiting for {what}\n{logs}")
-            time.sleep(0.2)
+        wait_for_components(ready, what, deadline, self.processes, ControlPlaneError)
 
     def _get(self, path: str) -> int:
         """GET ``path`` as the admin user; the HTTP status, or 0 when nothing answers yet."""

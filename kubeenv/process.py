@@ -131,3 +131,19 @@ def _wait(still_running: Callable[[], bool], timeout: float) -> bool:
             return False
         time.sleep(0.05)
     return True
+
+
+def wait_for_components(ready: Callable[[], bool], what: str, deadline: float, processes: list[Process],
+                        error: type[Exception], interval: float = 0.2) -> None:
+    """Poll ``ready`` until true; fail fast, with its log, when one of ``processes`` dies meanwhile,
+    and on the deadline with every component's log tail (raised as ``error``)."""
+    while True:
+        dead = [p for p in processes if not p.alive()]
+        if dead:
+            raise error("\n\n".join(f"{p.name} exited while waiting for {what}:\n{p.log_tail()}" for p in dead))
+        if ready():
+            return
+        if time.monotonic() > deadline:
+            logs = "\n\n".join(f"== {p.name}:\n{p.log_tail(15)}" for p in processes)
+            raise error(f"timed out waiting for {what}\n{logs}")
+        time.sleep(interval)

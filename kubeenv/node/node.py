@@ -31,7 +31,7 @@ from kubeenv.kubeconfig import write_kubeconfig
 from kubeenv.node import addons, cni, containerd, csi, kubelet, proxy, teardown
 from kubeenv.node.layout import NODE_NAME, NodeLayout
 from kubeenv.pki import issue_node_certs
-from kubeenv.process import Process
+from kubeenv.process import Process, wait_for_components
 
 DEFAULT_IMAGE_CACHE = Path("/var/cache/cdi-py/containerd")
 STATE_FILE = "node.json"
@@ -198,14 +198,4 @@ class Node:
         return proc.returncode == 0 and proc.stdout.strip() == "True"
 
     def _wait(self, ready: Callable[[], bool], what: str, deadline: float) -> None:
-        while True:
-            dead = self.dead()
-            if dead:
-                raise NodeError("\n\n".join(f"{p.name} exited while waiting for {what}:\n{p.log_tail()}"
-                                            for p in dead))
-            if ready():
-                return
-            if time.monotonic() > deadline:
-                logs = "\n\n".join(f"== {p.name}:\n{p.log_tail(15)}" for p in self.processes)
-                raise NodeError(f"timed out waiting for {what}\n{logs}")
-            time.sleep(0.5)
+        wait_for_components(ready, what, deadline, self.processes, NodeError, interval=0.5)
