@@ -1,41 +1,52 @@
-"""The DataVolume controller under load: many small DataVolumes created at once, end to end.
+"""The DataVolume controller under load on the real node: many small DataVolumes at once, end to end.
 
-What runs (all real, all started here and stopped at the end): the control plane (etcd,
-kube-apiserver, kube-controller-manager, kube-scheduler) from ``kubeenv``, the node agent as its
-own process (``python -m kubeenv.nodeagent``: every importer pod is a real ``python -m importer``
-process), nginx on the node IP serving a small qcow2 made here with ``qemu-img``, and the
-controller process (``python -m cdi.controller``) logged in as the service account ``deploy/``
-creates, so it runs with its production RBAC.
+What runs (all real, started here and stopped at the end): the test cluster of ``kubeenv.cluster``
+(control plane, the image registry with our images, and the real node: containerd, kubelet,
+kube-proxy, CoreDNS and the hostpath CSI driver with its sidecars), cdi-py deployed on it as a user
+deploys it (``python -m cdi.install``: the controller is the pod of Deployment ``cdi-py-controller``
+in namespace ``cdi``, with deploy/'s RBAC and resources, every importer a pod from our image),
+the ``csi-hostpath`` StorageProfiles described as a CDI admin does (``spec.claimPropertySets``),
+and nginx on the node IP serving a small qcow2 made here with ``qemu-img``.
 
 What is measured, from the moment the first DataVolume is created:
 
 - time to the first and to the last DataVolume ``Succeeded`` (seen on a watch), DVs per minute;
 - each DataVolume's way there, stage by stage, with who moves it on: PVC created (controller),
-  PV provisioned (node agent's provisioner), PVC Bound (kube-controller-manager), importer pod
-  created (controller), Running (scheduler + node agent), ended (the importer), DataVolume
-  Succeeded (controller): the median and p95 wait for each stage and when the last DataVolume got
-  through it, which shows the stage that sets the pace; and how many importer pods ran at once
-  (the node holds 250). Everything shares 2 cores, so the CPU seconds each part used (from
-  ``/proc/<pid>/stat``; the importer pods' share is the node agent's reaped children) say where
-  the cores went;
-- API requests per DataVolume, from the apiserver's own ``/metrics`` scraped as admin before the
-  first create and once everything has settled (importer pods removed, controller quiet). The
-  controller is the only client in API Priority and Fairness' ``service-accounts`` flow schema
-  (kube-controller-manager's controllers match ``kube-system-service-accounts``, the scheduler
-  its own, and the admin user of the node agent and of this script ``exempt``), so
-  ``apiserver_flowcontrol_dispatched_requests_total`` by flow schema counts the controller's
-  requests (reads and writes, watches included) apart from everyone else's. The controller's
-  writes alone come from its own counter (``Kube.requests``, logged when it stops; it reads only
-  from its watch cache, so its requests are those writes plus its watches' (re)connections).
-  ``apiserver_request_total`` by verb and resource covers every client. (No audit log: kubeenv's
-  ``ControlPlane`` takes no extra apiserver flags, and the flow schemas give the split anyway);
-- controller peak RSS (``VmHWM`` from ``/proc/<pid>/status``, read before it stops), and the
-  apiserver's and etcd's.
+  PV provisioned (CSI external-provisioner + driver), PVC Bound (kube-controller-manager), importer
+  pod created (controller), Running (scheduler + kubelet/containerd), ended (the importer),
+  DataVolume Succeeded (controller): the median and p95 wait for each stage and when the last
+  DataVolume got through it, which shows the stage that sets the pace; and how many importer pods
+  existed and ran at once. Importer pods request CPU (CDIConfig's ``podResourceRequirements``,
+  CDI's defaults), so the scheduler admits only as many as the node's allocatable CPU holds: the
+  report prints that bound beside the peak;
+- CPU seconds per component, since everything shares 2 cores: host processes (control plane,
+  registry, containerd, kubelet, kube-proxy, the CSI processes) from ``/proc/<pid>/stat``; pods from
+  their cgroup v1 ``cpuacct.usage`` (the controller's, the other long-lived pods', and the importer
+  pods' as all of ``kubepods`` minus the long-lived ones, since a parent cgroup keeps what its
+  removed children used); the whole machine's busy time from ``/proc/stat`` (other agents' work
+  included), so what is left unattributed (containerd shims, runc, the rest of the host) shows;
+- API requests per DataVolume, from the apiserver's ``/metrics`` scraped as admin before the first
+  create and once everything has settled. The controller authenticates as its ServiceAccount from
+  inside its pod, which lands in API Priority and Fairness' ``service-accounts`` flow schema, so
+  ``apiserver_flowcontrol_dispatched_requests_total`` by flow schema counts its requests apart
+  (kube-controller-manager's controllers and CoreDNS match ``kube-system-service-accounts``,
+  kubelet ``system-nodes``, the CSI sidecars and this script run as admin: ``exempt``). Caveat:
+  cdi-apiserver and the upload proxy are ServiceAccounts too; they are idle here, and the
+  controller's own write counter (logged when it stops, read from its log stream) is the check.
+  ``apiserver_request_total`` by verb and resource covers every client;
+- the controller's peak memory: ``VmHWM`` of its process (found through its container's cgroup) and
+  the container cgroup's ``memory.max_usage_in_bytes`` (page cache included), read before it is
+  scaled to 0; its CPU throttling under deploy/'s 500m limit (``cpu.stat``); the apiserver's and
+  etcd's ``VmHWM``.
 
+Dropped with the Python node agent it used to run on: the agent's reaped-children CPU (importer
+pods are now cgroups) and the controller as a host process (it is the deployed pod now).
 Nothing is simulated: a number printed is a number measured in this run. With ``--count`` below
 500 the 500-DataVolume time is also shown as a linear extrapolation, labelled as such.
 
-    .venv/bin/python bench/controller.py [--count 500] [--mix blank,http] [--workers 8]
+One node per host: run it under the node lock, as the test suite does:
+
+    flock /tmp/cdi-node.lock .venv/bin/python bench/controller.py [--count 500] [--mix blank,http] [--workers 8]
 """
 
 from __future__ import annotations
@@ -44,6 +55,7 @@ import argparse
 import contextlib
 import functools
 import itertools
+import json
 import os
 import re
 import shutil
@@ -65,21 +77,22 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from kubernetes import client, config
+import urllib3
+from kubernetes import client, config, watch
 
+from kubeenv.cluster import Cluster
 from kubeenv.controlplane import ControlPlane
-from kubeenv.nodeagent.kube import Informer
-from kubeenv.process import Process
-from tests.controller.conftest import kubectl, service_account_kubeconfig
+from tests.controller.conftest import describe_storage
 from tests.servers.nginx import Nginx, start_nginx
 from tests.servers.pki import make_ca
 
 GROUP, VERSION, PLURAL = "cdi.kubevirt.io", "v1beta1", "datavolumes"
-NODE = "cdi-bench-node"
 NAMESPACE = "bench"
+CDI_NAMESPACE, CONTROLLER = "cdi", "cdi-py-controller"
 CONTROLLER_FLOW = "service-accounts"  # the APF flow schema the controller's service account lands in
 IMAGE = "disk.qcow2"
 TICK = os.sysconf("SC_CLK_TCK")
+CGROUP = Path("/sys/fs/cgroup")
 MiB = 1 << 20
 
 MetricKey = tuple[str, tuple[tuple[str, str], ...]]
@@ -88,6 +101,24 @@ Metrics = dict[MetricKey, float]
 
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float, cluster: Cluster | None = None) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if cluster is not None:
+            check_alive(cluster)
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+def check_alive(cluster: Cluster) -> None:
+    for process in cluster.dead():
+        raise RuntimeError(f"{process.name} died:\n{process.log_tail()}")
 
 
 # -- the image ------------------------------------------------------------------------------------
@@ -108,7 +139,7 @@ def make_image(directory: Path, mib: int) -> Path:
     return directory / IMAGE
 
 
-# -- processes and their /proc figures ------------------------------------------------------------
+# -- host processes and cgroups: their figures ----------------------------------------------------
 
 
 def proc_status(pid: int, key: str) -> int:
@@ -122,48 +153,68 @@ def proc_status(pid: int, key: str) -> int:
     return 0
 
 
-def cpu_seconds(pid: int) -> tuple[float, float]:
-    """(own user+system, reaped children's user+system) CPU seconds of a process."""
+def cpu_seconds(pid: int) -> float:
+    """A process's own user+system CPU seconds (0 if it is gone)."""
     try:
         text = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
-        return 0.0, 0.0
-    fields = text[text.rindex(")") + 2:].split()
-    utime, stime, cutime, cstime = (int(v) for v in fields[11:15])
-    return (utime + stime) / TICK, (cutime + cstime) / TICK
+        return 0.0
+    utime, stime = (int(v) for v in text[text.rindex(")") + 2:].split()[11:13])
+    return (utime + stime) / TICK
 
 
-def spawn(name: str, argv: list[str], workdir: Path, env: dict[str, str] | None = None) -> Process:
-    return Process.spawn(name, argv, workdir / "logs" / f"{name}.log", die_with_parent=True, cwd=ROOT,
-                         env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
+def machine_busy() -> float:
+    """CPU seconds the whole machine spent on anything but idle and iowait (``/proc/stat``)."""
+    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    return (sum(values) - values[3] - values[4]) / TICK
 
 
-def wait_for(what: str, check: Callable[[], Any], timeout: float, *watched: Process) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        for process in watched:
-            if not process.alive():
-                raise RuntimeError(f"{process.name} exited while waiting for {what}:\n{process.log_tail()}")
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        time.sleep(0.2)
+def read_int(path: Path) -> int:
+    try:
+        return int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def pod_cgroup(hierarchy: str, pod: client.V1Pod) -> Path:
+    """A pod's cgroup under kubelet's cgroupfs driver: ``kubepods[/burstable|/besteffort]/pod<uid>``."""
+    qos = (pod.status.qos_class or "").lower()
+    base = CGROUP / hierarchy / "kubepods"
+    return (base if qos == "guaranteed" else base / qos) / f"pod{pod.metadata.uid}"
+
+
+def container_cgroup(hierarchy: str, pod: client.V1Pod) -> Path:
+    container_id: str = pod.status.container_statuses[0].container_id.split("://", 1)[1]
+    return pod_cgroup(hierarchy, pod) / container_id
+
+
+def cgroup_cpu(path: Path) -> float:
+    """``cpuacct.usage`` of a cgroup v1 directory, in seconds."""
+    return read_int(path / "cpuacct.usage") / 1e9
+
+
+def cpu_stat(path: Path) -> dict[str, int]:
+    try:
+        return {k: int(v) for k, v in (line.split() for line in (path / "cpu.stat").read_text().splitlines())}
+    except OSError:
+        return {}
 
 
 # -- the cluster ----------------------------------------------------------------------------------
 
 
 @dataclass
-class Cluster:
-    plane: ControlPlane
-    agent: Process
-    node_ip: str
+class Bench:
+    """The running cluster with cdi-py installed, and what the bench needs of it."""
+
+    cluster: Cluster
     nginx: Nginx
-    controller: Process
     api: client.ApiClient
     workdir: Path
+
+    @property
+    def plane(self) -> ControlPlane:
+        return self.cluster.plane
 
     @property
     def custom(self) -> client.CustomObjectsApi:
@@ -173,76 +224,55 @@ class Cluster:
     def core(self) -> client.CoreV1Api:
         return client.CoreV1Api(self.api)
 
-    def pids(self) -> dict[str, int]:
-        by_name = {p.name: p.pid for p in self.plane.processes}
-        return {"controller": self.controller.pid, "node agent": self.agent.pid,
-                "kube-apiserver": by_name["kube-apiserver"], "etcd": by_name["etcd"],
-                "kube-controller-manager": by_name["kube-controller-manager"],
-                "kube-scheduler": by_name["kube-scheduler"]}
+    def host_pids(self) -> dict[str, int]:
+        return {p.name: p.pid for p in self.cluster.processes}
+
+    def controller_pod(self) -> client.V1Pod:
+        pods = self.core.list_namespaced_pod(CDI_NAMESPACE, label_selector=f"app.kubernetes.io/name={CONTROLLER}")
+        running = [p for p in pods.items if p.status.phase == "Running" and p.metadata.deletion_timestamp is None]
+        if len(running) != 1:
+            raise RuntimeError(f"expected one running controller pod, found {len(running)}")
+        return running[0]
+
+    def long_lived_pods(self) -> list[client.V1Pod]:
+        """Every pod outside the bench's namespace: the product's and CoreDNS."""
+        return [p for p in self.core.list_pod_for_all_namespaces().items if p.metadata.namespace != NAMESPACE]
 
 
-def start_agent(plane: ControlPlane, workdir: Path) -> tuple[Process, str]:
-    """The node agent as its own process (as kubelet is); returns it and the node IP it reports."""
-    agent = spawn("node-agent", [sys.executable, "-m", "kubeenv.nodeagent", "--kubeconfig", str(plane.kubeconfig),
-                                 "--workdir", str(workdir / "node"), "--node-name", NODE], workdir)
-
-    def node_ip() -> str | None:
-        match = re.search(r"node IP (\S+);", agent.log_tail(200))
-        return match.group(1) if match else None
-    return agent, str(wait_for("the node agent", node_ip, 120, agent))
-
-
-def install(plane: ControlPlane) -> None:
-    """CRDs and ``deploy/``; the Deployment goes (its image is not on this node): the process runs."""
-    kubectl(plane, "apply", "-f", str(ROOT / "crds"))
-    kubectl(plane, "wait", "--for=condition=Established", "--timeout=60s", "-f", str(ROOT / "crds"))
-    kubectl(plane, "apply", "-f", str(ROOT / "deploy"))
-    kubectl(plane, "delete", "deployment", "-n", "cdi", "cdi-py-controller", "--ignore-not-found")
-
-
-def start_controller(plane: ControlPlane, api: client.ApiClient, workdir: Path, workers: int) -> Process:
-    kubeconfig = service_account_kubeconfig(plane, client.CoreV1Api(api), workdir / "controller.kubeconfig")
-    return spawn("controller", [sys.executable, "-m", "cdi.controller", "--kubeconfig", str(kubeconfig),
-                                "--standalone", "-A", "--workers", str(workers)],
-                 workdir, env={"IMPORTER_IMAGE": "cdi-py-importer"})
+def install(cluster: Cluster, workdir: Path, workers: int) -> None:
+    """``python -m cdi.install`` with our images; it waits for the Deployments."""
+    argv = cluster.install_command(ca_out=workdir / "proxy-ca.crt", controller_env={"WORKERS": str(workers)})
+    proc = subprocess.run([*argv, "--wait=240"], check=False, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    if proc.returncode != 0:
+        raise RuntimeError(f"cdi.install failed:\n{proc.stdout}{proc.stderr}")
 
 
 @contextlib.contextmanager
-def cluster(workdir: Path, workers: int, image_mib: int) -> Iterator[Cluster]:
+def running(workdir: Path, workers: int, image_mib: int) -> Iterator[Bench]:
     """Everything started, in order; everything stopped on the way out, whatever happened."""
     with contextlib.ExitStack() as stack:
-        log("starting the control plane")
-        plane = ControlPlane.start(workdir / "kube")
-        stack.callback(plane.stop)
-        api = config.new_client_from_config(str(plane.kubeconfig))
+        log("starting the cluster (control plane, registry and images, node)")
+        cluster = Cluster.start(workdir / "kube")
+        stack.callback(stop_cluster, cluster)
+        api = config.new_client_from_config(str(cluster.kubeconfig))
         api.configuration.connection_pool_maxsize = 32
         stack.callback(api.close)
-        agent, node_ip = start_agent(plane, workdir)
-        stack.callback(stop_agent, agent)
+        assert cluster.node is not None
         image = make_image(workdir / "images", image_mib)
-        nginx = start_nginx(image.parent, workdir / "nginx", make_ca(workdir / "ca"), host=node_ip)
+        nginx = start_nginx(image.parent, workdir / "nginx", make_ca(workdir / "ca"), host=cluster.node.node_ip)
         stack.callback(nginx.stop)
-        install(plane)
-        controller = start_controller(plane, api, workdir, workers)
-        stack.callback(controller.stop, 30)
-        yield Cluster(plane, agent, node_ip, nginx, controller, api, workdir)
+        log("installing cdi-py")
+        install(cluster, workdir, workers)
+        describe_storage(client.CustomObjectsApi(api))
+        yield Bench(cluster, nginx, api, workdir)
         log("stopping")
 
 
-def mounts_under(directory: Path) -> list[str]:
-    return [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()
-            if line.split()[4].startswith(str(directory))]
-
-
-def stop_agent(agent: Process) -> None:
-    agent.stop(grace=180)
-
-
-def controller_ready(c: Cluster) -> bool:
-    """The controller has listed everything: StorageProfiles exist for the node agent's classes."""
-    classes = client.StorageV1Api(c.api).list_storage_class().items
-    profiles = c.custom.list_cluster_custom_object(GROUP, VERSION, "storageprofiles")["items"]
-    return bool(classes) and len(profiles) >= len(classes)
+def stop_cluster(cluster: Cluster) -> None:
+    cluster.stop()
+    left = cluster.leftovers()
+    if left:
+        log(f"LEFT BEHIND by the node: {left}")
 
 
 # -- the apiserver's metrics ----------------------------------------------------------------------
@@ -255,7 +285,8 @@ _LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 def scrape(plane: ControlPlane) -> Metrics:
     """The request counters from the apiserver's ``/metrics``, as the admin user."""
     context = ssl.create_default_context(cafile=str(plane.ca))
-    context.load_cert_chain(str(plane.ca.parent / "admin.crt"), str(plane.ca.parent / "admin.key"))
+    admin = plane.pki_pair("admin")
+    context.load_cert_chain(str(admin.cert), str(admin.key))
     with urllib.request.urlopen(plane.server + "/metrics", context=context, timeout=30) as response:
         text = response.read().decode()
     metrics: Metrics = {}
@@ -301,9 +332,60 @@ def wait_quiet(plane: ControlPlane, quiet: float, timeout: float) -> None:
 
 # -- watching the run -----------------------------------------------------------------------------
 
+
+class Watcher:
+    """List, then watch from the list's resourceVersion, relisting when the watch expires; a thread
+    that hands every object (as the apiserver's JSON) to ``handler``."""
+
+    def __init__(self, name: str, list_call: Callable[..., Any], handler: Callable[[str, dict[str, Any]], None]):
+        self.name, self.list_call, self.handler = name, list_call, handler
+        self.synced, self.stopped = threading.Event(), threading.Event()
+        self.thread = threading.Thread(target=self._run, name=f"watch-{name}", daemon=True)
+
+    def start(self) -> Watcher:
+        self.thread.start()
+        if not self.synced.wait(60):
+            raise TimeoutError(f"the {self.name} watch did not sync")
+        return self
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+    def _run(self) -> None:
+        while not self.stopped.is_set():
+            try:
+                self._watch(self._list())
+            except client.ApiException as error:
+                if error.status != 410:
+                    log(f"watch {self.name}: {error.status} {error.reason}; relisting")
+            except (OSError, urllib3.exceptions.HTTPError, ValueError) as error:  # a dropped stream: relist
+                log(f"watch {self.name}: {error!r}; relisting")
+                time.sleep(1)
+
+    def _list(self) -> str:
+        listing = json.loads(self.list_call(_preload_content=False).data)
+        for item in listing["items"]:
+            self.handler("ADDED", item)
+        self.synced.set()
+        return str(listing["metadata"]["resourceVersion"])
+
+    def _watch(self, version: str) -> None:
+        while not self.stopped.is_set():
+            for event in watch.Watch().stream(self.list_call, resource_version=version, timeout_seconds=30,
+                                              allow_watch_bookmarks=True):
+                kind, body = event["type"], event["raw_object"]
+                if kind == "ERROR":
+                    return  # expired: relist
+                version = body["metadata"]["resourceVersion"]
+                if kind != "BOOKMARK":
+                    self.handler(kind, body)
+                if self.stopped.is_set():
+                    return
+
+
 # each DataVolume's way to Succeeded, one stage after another, and who moves it on
-STAGES = (("created", "this script"), ("pvc", "controller"), ("pv", "node agent's provisioner"),
-          ("bound", "kube-controller-manager"), ("pod", "controller"), ("running", "scheduler + node agent"),
+STAGES = (("created", "this script"), ("pvc", "controller"), ("pv", "CSI external-provisioner + driver"),
+          ("bound", "kube-controller-manager"), ("pod", "controller"), ("running", "scheduler + kubelet/containerd"),
           ("ended", "importer"), ("succeeded", "controller"))
 
 
@@ -318,6 +400,8 @@ class Recorder:
     pods_running: set[str] = field(default_factory=set)
     peak_alive: int = 0
     peak_running: int = 0
+    pod_cpu: str = ""
+    """An importer pod's CPU request (CDIConfig's ``podResourceRequirements``, as the controller set it)."""
     done: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -352,7 +436,9 @@ class Recorder:
         name, phase = pod["metadata"]["name"], (pod.get("status") or {}).get("phase", "")
         owners = [o["name"] for o in pod["metadata"].get("ownerReferences") or []
                   if o.get("kind") == "PersistentVolumeClaim"]
+        containers = pod["spec"]["containers"]
         with self.lock:
+            self.pod_cpu = self.pod_cpu or ((containers[0].get("resources") or {}).get("requests") or {}).get("cpu", "")
             for dv in owners:
                 self.mark("pod", dv)
                 if phase == "Running":
@@ -374,19 +460,28 @@ class Recorder:
             return dict(self.stamps[stage])
 
 
-def watch(c: Cluster, recorder: Recorder) -> list[Informer]:
-    """Informers (list, then watch, relist on expiry) on the DataVolumes, claims, volumes and pods."""
+def watch_all(b: Bench, recorder: Recorder) -> list[Watcher]:
+    """Watches on the DataVolumes, claims, volumes and pods."""
     lists: list[tuple[str, Callable[..., Any], Callable[[str, dict[str, Any]], None]]] = [
-        ("dvs", functools.partial(c.custom.list_namespaced_custom_object, GROUP, VERSION, NAMESPACE, PLURAL),
+        ("dvs", functools.partial(b.custom.list_namespaced_custom_object, GROUP, VERSION, NAMESPACE, PLURAL),
          recorder.on_dv),
-        ("pvcs", functools.partial(c.core.list_namespaced_persistent_volume_claim, NAMESPACE), recorder.on_pvc),
-        ("pvs", c.core.list_persistent_volume, recorder.on_pv),
-        ("pods", functools.partial(c.core.list_namespaced_pod, NAMESPACE), recorder.on_pod),
+        ("pvcs", functools.partial(b.core.list_namespaced_persistent_volume_claim, NAMESPACE), recorder.on_pvc),
+        ("pvs", b.core.list_persistent_volume, recorder.on_pv),
+        ("pods", functools.partial(b.core.list_namespaced_pod, NAMESPACE), recorder.on_pod),
     ]
-    informers = [Informer(name, call, handler, resync=3600) for name, call, handler in lists]
-    for informer in informers:
-        informer.start().wait_synced()
-    return informers
+    return [Watcher(name, call, handler).start() for name, call, handler in lists]
+
+
+def follow_log(core: client.CoreV1Api, pod: str, path: Path) -> threading.Thread:
+    """The controller pod's log, streamed to a file until the container stops (it logs its write
+    count on the way out, after which ``kubectl logs`` can no longer reach it)."""
+    def copy() -> None:
+        response = core.read_namespaced_pod_log(pod, CDI_NAMESPACE, follow=True, _preload_content=False)
+        with open(path, "wb") as out:
+            out.writelines(response.stream(4096))
+    thread = threading.Thread(target=copy, name="controller-log", daemon=True)
+    thread.start()
+    return thread
 
 
 # -- the load ------------------------------------------------------------------------------------
@@ -398,9 +493,9 @@ def dv_body(name: str, kind: str, url: str, size: str) -> dict[str, Any]:
             "spec": {"source": source, "storage": {"resources": {"requests": {"storage": size}}}}}
 
 
-def create_all(c: Cluster, bodies: list[dict[str, Any]], threads: int) -> float:
+def create_all(b: Bench, bodies: list[dict[str, Any]], threads: int) -> float:
     """Create every DataVolume from ``threads`` threads; the seconds it took."""
-    custom = c.custom
+    custom = b.custom
     start = time.monotonic()
     with ThreadPoolExecutor(threads) as pool:
         for future in [pool.submit(custom.create_namespaced_custom_object, GROUP, VERSION, NAMESPACE, PLURAL,
@@ -409,7 +504,7 @@ def create_all(c: Cluster, bodies: list[dict[str, Any]], threads: int) -> float:
     return time.monotonic() - start
 
 
-def wait_all(c: Cluster, recorder: Recorder, start: float, timeout: float) -> bool:
+def wait_all(b: Bench, recorder: Recorder, start: float, timeout: float) -> bool:
     """True once all Succeeded; False on a Failed DataVolume or the timeout. Logs progress."""
     deadline = start + timeout
     while not recorder.done.wait(15):
@@ -417,12 +512,65 @@ def wait_all(c: Cluster, recorder: Recorder, start: float, timeout: float) -> bo
             alive, running = len(recorder.pods_alive), len(recorder.pods_running)
         log(f"{time.monotonic() - start:6.0f} s: {recorder.succeeded()}/{recorder.expected} Succeeded, "
             f"{alive} importer pods ({running} running)")
-        for process in (c.controller, c.agent, *c.plane.processes):
-            if not process.alive():
-                raise RuntimeError(f"{process.name} died:\n{process.log_tail()}")
+        check_alive(b.cluster)
         if time.monotonic() > deadline:
             return False
     return not recorder.failed
+
+
+def cpu_quantity(text: str) -> float:
+    return float(text[:-1]) / 1000 if text.endswith("m") else float(text)
+
+
+def node_cpu(b: Bench) -> tuple[float, float]:
+    """(node allocatable CPU, CPU requested by the long-lived pods): with an importer pod's request,
+    what bounds how many importer pods the scheduler lets run at once."""
+    node = b.core.list_node().items[0]
+    requested = sum(cpu_quantity((c.resources.requests or {}).get("cpu", "0"))
+                    for p in b.long_lived_pods() for c in p.spec.containers if c.resources)
+    return cpu_quantity(node.status.allocatable["cpu"]), requested
+
+
+# -- what is sampled before and after -------------------------------------------------------------
+
+
+@dataclass
+class Sample:
+    """CPU seconds by component, at one moment."""
+
+    host: dict[str, float]
+    pods: dict[str, float]
+    kubepods: float
+    machine: float
+    this_script: float
+
+    @classmethod
+    def take(cls, b: Bench, pod_cgroups: dict[str, Path]) -> Sample:
+        return cls({name: cpu_seconds(pid) for name, pid in b.host_pids().items()},
+                   {name: cgroup_cpu(path) for name, path in pod_cgroups.items()},
+                   cgroup_cpu(CGROUP / "cpuacct" / "kubepods"), machine_busy(), cpu_seconds(os.getpid()))
+
+
+def pod_cgroups(b: Bench) -> dict[str, Path]:
+    """name -> cpuacct cgroup of every long-lived pod (the controller's under ``controller``)."""
+    out = {}
+    for pod in b.long_lived_pods():
+        name = "controller" if pod.metadata.name.startswith(CONTROLLER) else pod.metadata.name.rsplit("-", 2)[0]
+        out[name if name not in out else pod.metadata.name] = pod_cgroup("cpuacct", pod)
+    return out
+
+
+@dataclass
+class ControllerMemory:
+    rss_before: int = 0
+    hwm: int = 0
+    cgroup_max: int = 0
+    throttled: dict[str, int] = field(default_factory=dict)
+
+    @staticmethod
+    def pid(pod: client.V1Pod) -> int:
+        procs = (container_cgroup("memory", pod) / "cgroup.procs").read_text().split()
+        return min(int(p) for p in procs)
 
 
 # -- the report ----------------------------------------------------------------------------------
@@ -439,6 +587,8 @@ def spans(recorder: Recorder, begin: str, end: str) -> list[float]:
 
 
 def controller_writes(log_path: Path) -> int | None:
+    if not log_path.exists():
+        return None
     match = re.findall(r"stopped after (\d+) API writes", log_path.read_text(errors="replace"))
     return int(match[-1]) if match else None
 
@@ -454,15 +604,15 @@ class Run:
     start: float = 0.0
     create_seconds: float = 0.0
     settled: float = 0.0
+    slots: tuple[float, float] = (0.0, 0.0)
     before: Metrics = field(default_factory=dict)
     at_success: Metrics = field(default_factory=dict)
     after: Metrics = field(default_factory=dict)
-    cpu_before: dict[str, tuple[float, float]] = field(default_factory=dict)
-    cpu_after: dict[str, tuple[float, float]] = field(default_factory=dict)
-    rss_before: int = 0
+    cpu_before: Sample | None = None
+    cpu_after: Sample | None = None
+    memory: ControllerMemory = field(default_factory=ControllerMemory)
     hwm: dict[str, int] = field(default_factory=dict)
     writes: int | None = None
-    cpu_self: float = 0.0
 
 
 def report(run: Run, recorder: Recorder) -> None:
@@ -470,7 +620,7 @@ def report(run: Run, recorder: Recorder) -> None:
     ok = recorder.times("succeeded")
     first, last = min(ok.values()) - run.start, max(ok.values()) - run.start
     kinds = Counter(run.mix[i % len(run.mix)] for i in range(n))
-    print(f"\ncdi-py controller bench: {n} DataVolumes ("
+    print(f"\ncdi-py controller bench on the real node: {n} DataVolumes ("
           + ", ".join(f"{v} {k}" for k, v in kinds.items())
           + f"; http = {run.image_mib} MiB qcow2, {run.image_bytes / MiB:.1f} MiB on the wire), "
           f"controller workers {run.workers}, {os.cpu_count()} cores")
@@ -482,14 +632,21 @@ def report(run: Run, recorder: Recorder) -> None:
     print(f"  DataVolume created -> Succeeded: median {statistics.median(to_ok):.1f} s, "
           f"p95 {pct(to_ok, 0.95):.1f} s")
     report_stages(run, recorder)
-    print(f"  importer pods: at most {recorder.peak_alive} at once ({recorder.peak_running} Running; "
-          f"the node holds 250)")
+    allocatable, taken = run.slots
+    each = cpu_quantity(recorder.pod_cpu or "0")
+    bound = f"{int((allocatable - taken) / each)}" if each else "no CPU request: unbounded"
+    print(f"  importer pods: at most {recorder.peak_alive} at once ({recorder.peak_running} Running); the "
+          f"scheduler admits {bound} (node {allocatable:g} CPU, {taken:g} requested by the long-lived pods, "
+          f"{each:g} per importer pod)")
     report_cpu(run)
     report_requests(run)
-    print(f"  controller RSS: peak (VmHWM) {run.hwm['controller'] / MiB:.1f} MiB, "
-          f"{run.rss_before / MiB:.1f} MiB before the first create")
-    print("  peak RSS (VmHWM): " + ", ".join(f"{k} {v / MiB:.0f} MiB" for k, v in run.hwm.items()
-                                              if k != "controller"))
+    mem = run.memory
+    print(f"  controller memory: peak RSS (VmHWM) {mem.hwm / MiB:.1f} MiB ({mem.rss_before / MiB:.1f} MiB before the "
+          f"first create); its container cgroup's max usage {mem.cgroup_max / MiB:.1f} MiB (page cache included)")
+    if mem.throttled:
+        print(f"  controller CPU limit (500m): throttled in {mem.throttled.get('nr_throttled', 0)} of "
+              f"{mem.throttled.get('nr_periods', 0)} periods, {mem.throttled.get('throttled_time', 0) / 1e9:.1f} s")
+    print("  peak RSS (VmHWM): " + ", ".join(f"{k} {v / MiB:.0f} MiB" for k, v in run.hwm.items()))
 
 
 def report_stages(run: Run, recorder: Recorder) -> None:
@@ -504,18 +661,32 @@ def report_stages(run: Run, recorder: Recorder) -> None:
               f"all {len(reached)} at {last:5.1f} s ({len(reached) / last * 60:.0f}/min)")
 
 
+CSI = ("hostpathplugin", "csi-node-driver-registrar", "csi-provisioner", "csi-resizer", "csi-snapshotter",
+       "snapshot-controller")
+
+
 def report_cpu(run: Run) -> None:
-    used = {name: run.cpu_after[name][0] - run.cpu_before[name][0] for name in run.cpu_after}
-    pods = run.cpu_after["node agent"][1] - run.cpu_before["node agent"][1]
+    before, after = run.cpu_before, run.cpu_after
+    assert before is not None and after is not None
+    host = {name: after.host[name] - before.host.get(name, 0.0) for name in after.host}
+    pods = {f"pod {name}": after.pods[name] - before.pods.get(name, 0.0) for name in after.pods}
+    importers = (after.kubepods - before.kubepods) - sum(pods.values())
+    csi = {name: host.pop(name) for name in CSI if name in host}
+    used = {**host, **pods, "importer pods (cgroups)": importers,
+            "CSI driver + sidecars": sum(csi.values()), "this script": after.this_script - before.this_script}
+    machine = after.machine - before.machine
     wall = run.settled - run.start
     cores = (os.cpu_count() or 1) * wall
-    used["this script"] = run.cpu_self
-    parts = sorted({"importer pods (reaped by the node agent)": pods, **used}.items(), key=lambda kv: -kv[1])
+    parts = sorted(used.items(), key=lambda kv: -kv[1])
     print(f"  CPU seconds from the first create until settled ({wall:.0f} s x {os.cpu_count()} cores = "
-          f"{cores:.0f} available; {sum(v for _, v in parts) / cores:.0%} used by these):")
-    print("    " + ", ".join(f"{k} {v:.1f}" for k, v in parts))
-    print(f"    per DataVolume: importer pod {pods / run.count:.2f} s, controller "
-          f"{used['controller'] / run.count * 1000:.0f} ms, node agent {used['node agent'] / run.count * 1000:.0f} ms")
+          f"{cores:.0f} available; the machine was busy {machine:.0f}, other agents' work included; "
+          f"{machine - sum(used.values()):.0f} not attributed below: shims, runc, the rest of the host):")
+    print("    " + ", ".join(f"{k} {v:.1f}" for k, v in parts if v >= 0.05))
+    print("    CSI: " + ", ".join(f"{k} {v:.1f}" for k, v in csi.items()))
+    print(f"    per DataVolume: importer pod {importers / run.count:.2f} s, controller "
+          f"{pods.get('pod controller', 0.0) / run.count * 1000:.0f} ms, kubelet "
+          f"{host.get('kubelet', 0.0) / run.count * 1000:.0f} ms, containerd "
+          f"{host.get('containerd', 0.0) / run.count * 1000:.0f} ms")
 
 
 def report_requests(run: Run) -> None:
@@ -540,43 +711,58 @@ def report_requests(run: Run) -> None:
 # -- main ----------------------------------------------------------------------------------------
 
 
-def bench(c: Cluster, args: argparse.Namespace, run: Run) -> bool:
-    wait_for("the controller to list everything", lambda: controller_ready(c), 120, c.controller)
-    c.core.create_namespace({"metadata": {"name": NAMESPACE}})
+def prepare(b: Bench) -> None:
+    b.core.create_namespace({"metadata": {"name": NAMESPACE}})
     wait_for("the namespace's default service account",
-             lambda: c.core.list_namespaced_service_account(NAMESPACE).items, 60)
-    wait_quiet(c.plane, quiet=3, timeout=30)
+             lambda: b.core.list_namespaced_service_account(NAMESPACE).items, 60)
+    wait_quiet(b.plane, quiet=3, timeout=30)
+
+
+def bench(b: Bench, args: argparse.Namespace, run: Run) -> bool:
+    prepare(b)
     recorder = Recorder(run.count)
-    informers = watch(c, recorder)
-    pids = c.pids()
-    url = f"{c.nginx.http}/{IMAGE}"
+    watchers = watch_all(b, recorder)
+    controller = b.controller_pod()
+    log_thread = follow_log(b.core, controller.metadata.name, b.workdir / "controller.log")
+    cgroups = pod_cgroups(b)
+    run.slots = node_cpu(b)
+    url = f"{b.nginx.http}/{IMAGE}"
     bodies = [dv_body(f"{kind}-{i:04d}", kind, url, args.size)
               for i, kind in ((i, run.mix[i % len(run.mix)]) for i in range(run.count))]
-    run.before, run.rss_before = scrape(c.plane), proc_status(pids["controller"], "VmRSS")
-    run.cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
-    run.cpu_self = -cpu_seconds(os.getpid())[0]
+    pid = ControllerMemory.pid(controller)
+    run.before, run.memory.rss_before = scrape(b.plane), proc_status(pid, "VmRSS")
+    run.cpu_before = Sample.take(b, cgroups)
     run.start = time.monotonic()
     log(f"creating {run.count} DataVolumes")
-    run.create_seconds = create_all(c, bodies, run.threads)
-    ok = wait_all(c, recorder, run.start, args.timeout)
-    run.at_success = scrape(c.plane)
+    run.create_seconds = create_all(b, bodies, run.threads)
+    ok = wait_all(b, recorder, run.start, args.timeout)
+    run.at_success = scrape(b.plane)
     if not ok:
         report_failure(recorder)
         return False
     log("all Succeeded; waiting for the importer pods to go and the controller to go quiet")
-    wait_for("the importer pods removed", lambda: not recorder.pods_alive, 300, c.controller)
-    wait_quiet(c.plane, quiet=5, timeout=120)
+    wait_for("the importer pods removed", lambda: not recorder.pods_alive, 300, b.cluster)
+    wait_quiet(b.plane, quiet=5, timeout=120)
     run.settled = time.monotonic()
-    run.after = scrape(c.plane)
-    run.cpu_after = {name: cpu_seconds(pid) for name, pid in pids.items()}
-    run.cpu_self += cpu_seconds(os.getpid())[0]
-    run.hwm = {name: proc_status(pid, "VmHWM") for name, pid in pids.items()}
-    for informer in informers:
-        informer.stop()
-    c.controller.stop(30)
-    run.writes = controller_writes(c.controller.log)
+    run.after = scrape(b.plane)
+    run.cpu_after = Sample.take(b, cgroups)
+    host = b.host_pids()
+    run.hwm = {name: proc_status(host[name], "VmHWM") for name in ("kube-apiserver", "etcd", "kubelet", "containerd")}
+    run.memory.hwm = proc_status(pid, "VmHWM")
+    run.memory.cgroup_max = read_int(container_cgroup("memory", controller) / "memory.max_usage_in_bytes")
+    run.memory.throttled = cpu_stat(container_cgroup("cpu", controller))
+    for watcher in watchers:
+        watcher.stop()
+    stop_controller(b, log_thread)
+    run.writes = controller_writes(b.workdir / "controller.log")
     report(run, recorder)
     return True
+
+
+def stop_controller(b: Bench, log_thread: threading.Thread) -> None:
+    """Scale the controller to 0: it stops as on any rollout, logging its write count to the stream."""
+    client.AppsV1Api(b.api).patch_namespaced_deployment_scale(CONTROLLER, CDI_NAMESPACE, {"spec": {"replicas": 0}})
+    log_thread.join(90)
 
 
 def report_failure(recorder: Recorder) -> None:
@@ -591,7 +777,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--count", type=int, default=500, help="DataVolumes to create at once")
     parser.add_argument("--mix", default="blank,http", help="sources, taken in turn: blank, http")
-    parser.add_argument("--workers", type=int, default=8, help="the controller's reconcile workers")
+    parser.add_argument("--workers", type=int, default=8, help="the controller's reconcile workers (WORKERS)")
     parser.add_argument("--threads", type=int, default=16, help="threads creating the DataVolumes")
     parser.add_argument("--image-mib", type=int, default=8, help="virtual size of the qcow2 served")
     parser.add_argument("--size", default="32Mi", help="each DataVolume's storage request")
@@ -605,16 +791,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    workdir = Path(tempfile.mkdtemp(prefix="cdi-bench-controller-"))
+    workdir = Path(tempfile.mkdtemp(prefix="cdi-bench-"))  # short: the node's unix sockets live below it
+    failed = True
     try:
-        with cluster(workdir, args.workers, args.image_mib) as c:
+        with running(workdir, args.workers, args.image_mib) as b:
             run = Run(args.count, args.mix.split(","), args.workers, args.threads, args.image_mib,
                       (workdir / "images" / IMAGE).stat().st_size)
-            return 0 if bench(c, args, run) else 1
+            failed = not bench(b, args, run)
+            return int(failed)
     finally:
-        left = mounts_under(workdir)
-        if args.keep or left:
-            log(f"work directory kept: {workdir}" + (f" (still mounted: {left[:3]})" if left else ""))
+        if args.keep or failed:
+            log(f"work directory kept: {workdir}")
         else:
             shutil.rmtree(workdir, ignore_errors=True)
 
