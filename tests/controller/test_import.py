@@ -1,5 +1,5 @@
-"""DataVolume imports end to end: the controller process, the real apiserver, the node agent
-running the project's importer in pods, nginx on the node IP.
+"""DataVolume imports end to end: the deployed controller, the real apiserver and node running
+the project's importer image in pods, volumes from the CSI driver, nginx on the node IP.
 
 Behaviours under test (CDI's acceptance scenarios, ref section 6.4):
 - an http qcow2 and an https (certConfigMap) raw.xz import Succeed with progress 100.0%, the

@@ -1,6 +1,6 @@
-"""The upload clients users run, unchanged, against the whole stack: the real control plane and
-node agent, the controller, ``cdi-apiserver`` serving UploadTokenRequests through the aggregation
-layer, and the upload proxy.
+"""The upload clients users run, unchanged, against the whole stack as installed: the real control plane and
+node, the controller, ``cdi-apiserver`` serving UploadTokenRequests through the aggregation
+layer, and the upload proxy on a NodePort, all pods from our images.
 
 - the real ``virtctl image-upload dv`` (built from kubevirt's Go module), run by a namespace
   editor (a ServiceAccount token bound to the aggregated ``edit`` role), trusting the proxy's CA

@@ -24,7 +24,7 @@ Behaviours under test:
 * CDI's aggregated ClusterRoles end up inside the built-in ``admin``, ``edit`` and ``view`` roles.
 
 The test keeps the controller and cdi-apiserver from actually running: a ResourceQuota of zero pods
-in ``cdi`` stops their ReplicaSets (a node agent elsewhere in the session would otherwise start a
+in ``cdi`` stops their ReplicaSets (the real node would otherwise start a
 controller that reconciles other tests' objects). At the end the Deployments and the quota are
 deleted, and so is the APIService (it points at a server that never runs, and an unavailable
 APIService breaks discovery and namespace deletion for the rest of the session; one that existed

@@ -15,7 +15,7 @@ What :meth:`TokenApi.start` sets up, in a fresh namespace ``cdi-token-api-<hex>`
   and to ``extension-apiserver-authentication-reader`` in kube-system, with a TokenRequest token in
   a kubeconfig, so a missing grant in the shipped RBAC fails here too;
 * ``python -m cdi.apiserver`` listening on ``host_ip`` (endpoint addresses may not be loopback;
-  the node agent's ``node_ip`` is the host as the cluster sees it);
+  the node's ``node_ip`` is the host as the cluster sees it);
 * a Service ``cdi-api`` without selector plus an **EndpointSlice** naming ``host_ip``: with
   ``--enable-aggregator-routing=true`` kube-apiserver 1.34 resolves an APIService through
   EndpointSlices (``kubernetes.io/service-name`` label, a port whose *name* matches the Service
