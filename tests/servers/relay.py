@@ -17,17 +17,22 @@ class TcpRelay:
         accept_in_background(self.listener, self._serve)
 
     def _serve(self, client: socket.socket) -> None:
-        try:
-            upstream = socket.create_connection(self.target, timeout=10)
-        except OSError:
-            client.close()
-            return
-        upstream.settimeout(None)
-        threading.Thread(target=_pump, args=(upstream, client), daemon=True).start()
-        _pump(client, upstream)
+        _splice(client, self.target)
 
     def close(self) -> None:
         self.listener.close()
+
+
+def _splice(client: socket.socket, target: tuple[str, int]) -> None:
+    """Connect to ``target`` and copy both ways until both ends are done."""
+    try:
+        upstream = socket.create_connection(target, timeout=10)
+    except OSError:
+        client.close()
+        return
+    upstream.settimeout(None)
+    threading.Thread(target=_pump, args=(upstream, client), daemon=True).start()
+    _pump(client, upstream)
 
 
 def _pump(source: socket.socket, sink: socket.socket) -> None:
@@ -60,12 +65,4 @@ class SchemeSplitter(TcpRelay):
 
     def _serve(self, client: socket.socket) -> None:
         first = client.recv(1, socket.MSG_PEEK)
-        target = self.target if first == b"\x16" else self.plain_target
-        try:
-            upstream = socket.create_connection(target, timeout=10)
-        except OSError:
-            client.close()
-            return
-        upstream.settimeout(None)
-        threading.Thread(target=_pump, args=(upstream, client), daemon=True).start()
-        _pump(client, upstream)
+        _splice(client, self.target if first == b"\x16" else self.plain_target)
