@@ -359,8 +359,9 @@ class Watcher:
                 if error.status != 410:
                     log(f"watch {self.name}: {error.status} {error.reason}; relisting")
             except (OSError, urllib3.exceptions.HTTPError, ValueError) as error:  # a dropped stream: relist
-                log(f"watch {self.name}: {error!r}; relisting")
-                time.sleep(1)
+                if not self.stopped.is_set():  # (not the apiserver going away after the bench)
+                    log(f"watch {self.name}: {error!r}; relisting")
+                    time.sleep(1)
 
     def _list(self) -> str:
         listing = json.loads(self.list_call(_preload_content=False).data)
