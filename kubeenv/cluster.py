@@ -62,7 +62,7 @@ class Cluster:
             plane.stop()
             raise
         try:
-            refs = image_builder.build_and_push(address)
+            refs = image_builder.build_and_push(address, addons)
             node = Node.start(plane, workdir / "node", binaries, addons, refs, address, die_with_parent=die_with_parent)
         except BaseException:
             process.stop()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -106,8 +107,7 @@ class Installer:
     def _wait_established(self, names: list[str], deadline: float) -> None:
         ext = client.ApiextensionsV1Api(self.api)
         for name in names:
-            self._until(lambda: any(c.type == "Established" and c.status == "True"
-                                    for c in ext.read_custom_resource_definition(name).status.conditions or []),
+            self._until(lambda: _true(ext.read_custom_resource_definition(name).status.conditions, "Established"),
                         f"CRD {name} established", deadline)
 
     def _wait_running(self, deadline: float) -> None:
@@ -116,8 +116,7 @@ class Installer:
             self._until(lambda: _available(apps.read_namespaced_deployment(name, pki.NAMESPACE)),
                         f"Deployment {pki.NAMESPACE}/{name} available", deadline, lambda: self._why(name))
         registration = client.ApiregistrationV1Api(self.api)
-        self._until(lambda: any(c.type == "Available" and c.status == "True"
-                                for c in registration.read_api_service(APISERVICE).status.conditions or []),
+        self._until(lambda: _true(registration.read_api_service(APISERVICE).status.conditions, "Available"),
                     f"APIService {APISERVICE} available", deadline)
 
     def _why(self, deployment: str) -> str:
@@ -135,7 +134,7 @@ class Installer:
         return "\n".join(lines)
 
     @staticmethod
-    def _until(check: Any, what: str, deadline: float, why: Any = None) -> None:
+    def _until(check: Callable[[], bool], what: str, deadline: float, why: Callable[[], str] | None = None) -> None:
         while True:
             try:
                 if check():
@@ -147,6 +146,11 @@ class Installer:
                 detail = f"\n{why()}" if why else ""
                 raise InstallError(f"timed out waiting for {what}{detail}")
             time.sleep(1)
+
+
+def _true(conditions: list[Any] | None, kind: str) -> bool:
+    """Whether the status condition ``kind`` is there and ``True``."""
+    return any(c.type == kind and c.status == "True" for c in conditions or [])
 
 
 def _available(deployment: Any) -> bool:

@@ -9,7 +9,6 @@ value so the node can put it back.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import subprocess
 from pathlib import Path
@@ -53,11 +52,6 @@ def guard_service_range(service_cidr: str) -> None:
     subprocess.run(["iptables", "-t", "filter", "-N", ADMIN_CHAIN], capture_output=True)  # may exist
     subprocess.run(["iptables", "-t", "filter", "-A", ADMIN_CHAIN, "-s", POD_CIDR, "-d", service_cidr,
                     "-j", "REJECT", "--reject-with", "icmp-port-unreachable"], check=True, capture_output=True)
-
-
-def gateway() -> str:
-    """The bridge's address: where pods reach the host (the first address of the pod range)."""
-    return str(next(ipaddress.ip_network(POD_CIDR).hosts()))
 
 
 def enable_forwarding() -> str:

@@ -35,11 +35,11 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     if not any("cluster" in getattr(item, "fixturenames", ()) for item in session.items):
         return
     ensure_binaries()
-    ensure_node_binaries()
+    addons = ensure_node_binaries()
     workdir = Path(session.config._tmp_path_factory.mktemp("images"))  # type: ignore[attr-defined]
     address, process = image_registry.start(workdir, workdir / "registry.log", die_with_parent=True)
     try:
-        image_builder.build_and_push(address)
+        image_builder.build_and_push(address, addons)
     finally:
         process.stop()
 
