@@ -29,6 +29,8 @@ FORM = "/v1beta1/upload-form"
 FORM_ASYNC = "/v1beta1/upload-form-async"
 ARCHIVE = "/v1beta1/upload-archive"
 RESUMABLE = "/v1beta1/upload-resumable"
+CLONE = "/v1beta1/clone"
+"""Host-assisted clones: the cloner pod's stream of data extents (server only; the proxy never forwards it)."""
 
 CHECKSUM_HEADER = "Upload-Checksum"
 """``<md5|sha1|sha256|sha512>:<hex>`` of the whole file as sent; the server verifies it."""

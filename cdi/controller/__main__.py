@@ -7,7 +7,9 @@ importer runs after which even a temporary error fails the DataVolume), ``WORKER
 servers ``UPLOADSERVER_IMAGE``/``UPLOADSERVER_PULL_POLICY``, ``UPLOADSERVER_CA_CERT_FILE`` and
 ``UPLOADSERVER_CA_KEY_FILE`` (the signer of their serving certificates, which the proxy trusts),
 ``UPLOADPROXY_CLIENT_CA_FILE`` (the CA of the proxy's client certificate), ``UPLOADPROXY_URL``
-(published as CDIConfig ``status.uploadProxyURL``) and ``UPLOADSERVER_EXTRA_ENV``.
+(published as CDIConfig ``status.uploadProxyURL``) and ``UPLOADSERVER_EXTRA_ENV``; for clones
+``CLONE_TOKEN_PUBLIC_KEY_FILE`` (the apiserver's token key, which validates the clone tokens
+the DataVolume webhook stamps).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from kubernetes import client, config
 
 from .cache import ObjectCache
 from .certs import CertificatePem
+from .clone.authorization import Keys
 from .context import Context
 from .importer_pod import ImporterSettings
 from .kube import Kube
@@ -80,8 +83,10 @@ def main(argv: list[str] | None = None) -> int:
         image=os.environ.get("IMPORTER_IMAGE", ImporterSettings.image),
         pull_policy=os.environ.get("IMPORTER_PULL_POLICY", ImporterSettings.pull_policy),
         extra_env=_parse_env_list(os.environ.get("IMPORTER_EXTRA_ENV", "")))
-    ctx = Context(cache=cache, kube=Kube(client.ApiClient(configuration), cache), importer=importer,
-                  upload=upload_settings(os.environ),
+    upload = upload_settings(os.environ)
+    public_key_file = os.environ.get("CLONE_TOKEN_PUBLIC_KEY_FILE")
+    ctx = Context(cache=cache, kube=Kube(client.ApiClient(configuration), cache), importer=importer, upload=upload,
+                  clone_keys=Keys(Path(public_key_file).read_bytes() if public_key_file else b"", upload.server_ca),
                   max_attempts=int(os.environ.get("IMPORT_MAX_ATTEMPTS", "3")))
     controller = Controller(ctx, workers=args.workers)
 

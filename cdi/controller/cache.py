@@ -1,7 +1,7 @@
 """The controller's view of the cluster: the latest body of every watched object.
 
 Reconcilers read from here instead of GETting from the apiserver (as controller-runtime's cached
-client does), which keeps API requests per DataVolume low. The watch stream fills it; the
+client does), which keeps API requests per DataVolume low. The watch streams fill it; the
 controller's own writes are stored too, so the next reconcile does not act on a stale copy.
 A write's response is kept only if it is newer than what is cached (resourceVersions from one
 etcd are increasing integers), so a late watch event can't roll the cache back either.
@@ -9,18 +9,21 @@ etcd are increasing integers), so a late watch event can't roll the cache back e
 
 from __future__ import annotations
 
+import builtins
 import copy
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
+from .resources import Resource
+
 Body = dict[str, Any]
-Key = tuple[str, str, str]  # (kind, namespace or "", name)
+CacheKey = tuple[Resource, str, str]  # (resource, namespace or "", name)
 
 
-def key_of(kind: str, body: Body) -> Key:
+def key_of(resource: Resource, body: Body) -> CacheKey:
     meta = body.get("metadata") or {}
-    return kind, meta.get("namespace") or "", meta["name"]
+    return resource, meta.get("namespace") or "", meta["name"]
 
 
 def _version(body: Body) -> int:
@@ -31,36 +34,45 @@ def _version(body: Body) -> int:
 
 
 class ObjectCache:
-    """Thread-safe map from (kind, namespace, name) to the newest body seen."""
+    """Thread-safe map from (resource, namespace, name) to the newest body seen."""
 
     def __init__(self) -> None:
-        self._objects: dict[Key, Body] = {}
+        self._objects: dict[CacheKey, Body] = {}
         self._lock = threading.Lock()
 
-    def store(self, kind: str, body: Body) -> None:
+    def store(self, resource: Resource, body: Body) -> None:
         """Keep ``body`` unless a newer version of the object is already cached."""
-        key = key_of(kind, body)
+        if not resource.cached:
+            return
+        key = key_of(resource, body)
         with self._lock:
             current = self._objects.get(key)
             if current is None or _version(body) >= _version(current) or _version(body) == 0:
                 self._objects[key] = body
 
-    def forget(self, kind: str, namespace: str, name: str) -> None:
+    def forget(self, resource: Resource, namespace: str, name: str) -> None:
         with self._lock:
-            self._objects.pop((kind, namespace, name), None)
+            self._objects.pop((resource, namespace, name), None)
 
-    def get(self, kind: str, namespace: str, name: str) -> Body | None:
+    def get(self, resource: Resource, namespace: str, name: str) -> Body | None:
         """A deep copy, so a reconciler can modify what it got without touching the cache."""
         with self._lock:
-            body = self._objects.get((kind, namespace, name))
+            body = self._objects.get((resource, namespace, name))
         return copy.deepcopy(body) if body is not None else None
 
-    def list(self, kind: str, namespace: str | None = None) -> list[Body]:
+    def list(self, resource: Resource, namespace: str | None = None) -> list[Body]:
         with self._lock:
-            bodies = [b for (k, ns, _), b in self._objects.items()
-                      if k == kind and (namespace is None or ns == namespace)]
+            bodies = [b for (r, ns, _), b in self._objects.items()
+                      if r == resource and (namespace is None or ns == namespace)]
         return copy.deepcopy(bodies)
 
-    def __iter__(self) -> Iterator[Key]:
+    def select(self, resource: Resource, matches: Callable[[Body], bool]) -> "builtins.list[tuple[str, str]]":
+        """(namespace, name) of every cached ``resource`` for which ``matches`` holds. No copies are
+        made, so ``matches`` must only read; this is how watch events find the objects that refer
+        to the one that changed."""
+        with self._lock:
+            return [(ns, name) for (r, ns, name), body in self._objects.items() if r == resource and matches(body)]
+
+    def __iter__(self) -> Iterator[CacheKey]:
         with self._lock:
             return iter(list(self._objects))

@@ -11,8 +11,9 @@ from typing import Any
 
 from . import annotations as ann
 from .kube import now
+from .phases import ConditionType
 
-BOUND, RUNNING, READY = "Bound", "Running", "Ready"
+BOUND, RUNNING, READY = ConditionType.BOUND.value, ConditionType.RUNNING.value, ConditionType.READY.value
 TRANSFER_RUNNING = "TransferRunning"
 POD_RUNNING_REASON = "Pod is running"
 
@@ -25,6 +26,7 @@ def find(conditions: list[Condition], kind: str) -> Condition | None:
 
 def update(conditions: list[Condition], kind: str, status: str, message: str = "", reason: str = "") -> None:
     """Set one condition in place, keeping CDI's timestamp rules."""
+    kind = str(kind)
     condition = find(conditions, kind)
     if condition is None:
         condition = {"type": kind}

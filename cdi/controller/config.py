@@ -65,6 +65,8 @@ class ControllerConfig:
     """``uploadProxyURLOverride``, the URL virtctl uploads to."""
     image_pull_secrets: list[dict[str, Any]]
     """``LocalObjectReference`` JSON of the pull secrets for worker pod images."""
+    feature_gates: tuple[str, ...] = ()
+    """``featureGates`` (e.g. ``DataVolumeClaimAdoption``)."""
 
     def overhead_for(self, storage_class: str | None) -> str:
         """The overhead for volumes of ``storage_class``: its own entry, else the global one."""
@@ -94,6 +96,7 @@ def resolve_config(cdiconfig: dict[str, Any] | None, storage_classes: list[dict[
         scratch_storage_class=_scratch_class(spec.get("scratchSpaceStorageClass"), class_names),
         upload_proxy_url=spec.get("uploadProxyURLOverride") or None,
         image_pull_secrets=copy.deepcopy(list(spec.get("imagePullSecrets") or [])),
+        feature_gates=tuple(str(g) for g in spec.get("featureGates") or []),
     )
 
 

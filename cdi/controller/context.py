@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from . import resources as res
 from .cache import ObjectCache
+from .clone.authorization import Keys
 from .config import ControllerConfig, resolve_config
 from .importer_pod import ImporterSettings
 from .kube import Kube
@@ -24,8 +26,10 @@ class Context:
     max_attempts: int = 3
     """Failed importer runs of one import after which a *temporary* error fails the DataVolume
     too (CDI retries forever; a permanent error fails it after the first)."""
+    clone_keys: Keys = field(default_factory=lambda: Keys(b"", None))
+    """What validates clone tokens (the apiserver's public key) and signs the extended ones."""
     poll_seconds: float = 2.0
     """How often progress is read from a running importer, as CDI does."""
 
     def config(self) -> ControllerConfig:
-        return resolve_config(self.cache.get("cdiconfig", "", CONFIG_NAME), self.cache.list("storageclass"))
+        return resolve_config(self.cache.get(res.CDICONFIG, "", CONFIG_NAME), self.cache.list(res.STORAGECLASS))

@@ -199,7 +199,7 @@ def render(pvc: dict[str, Any], *, owner_uid: str, config: ControllerConfig, set
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {
             "name": name_for("importer", meta["name"]), "namespace": meta["namespace"],
-            "labels": {ann.APP_LABEL: ann.APP, ann.COMPONENT_LABEL: "importer", ann.PROMETHEUS_LABEL: "true"},
+            "labels": {ann.APP_LABEL: ann.APP, ann.COMPONENT_LABEL: ann.IMPORTER_COMPONENT, ann.PROMETHEUS_LABEL: "true"},
             "annotations": passthrough_annotations(annotations),
             "ownerReferences": [{"apiVersion": "v1", "kind": "PersistentVolumeClaim", "name": meta["name"],
                                  "uid": meta["uid"], "controller": True, "blockOwnerDeletion": True}],

@@ -1,9 +1,10 @@
 """The controller's writes to the apiserver, over the official ``kubernetes`` client.
 
 Reads come from the :mod:`cache`; every write goes through :class:`Kube`, which speaks plain
-JSON dicts (no generated models: the controller builds and compares bodies as dicts), treats
-"already exists" on create and "not found" on delete as success (reconciles are idempotent and
-may race a stale cache), stores every returned body in the cache, and counts its requests.
+JSON dicts to the REST path of a :class:`~.resources.Resource` (one code path for every kind,
+core or custom), treats "already exists" on create and "not found" on patch and delete as
+answers rather than errors (reconciles are idempotent and may race a stale cache), stores every
+returned body in the cache, and counts its requests.
 """
 
 from __future__ import annotations
@@ -17,15 +18,13 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from ..api.v1beta1 import GROUP, VERSION
+from . import resources as res
 from .cache import Body, ObjectCache
+from .resources import Resource
 
 log = logging.getLogger("cdi.controller.kube")
 
 MERGE_PATCH = "application/merge-patch+json"
-CDI_PLURALS = {"dv": "datavolumes", "storageprofile": "storageprofiles", "cdiconfig": "cdiconfigs",
-               "datasource": "datasources"}
-CLUSTER_SCOPED = {"storageprofile", "cdiconfig", "storageclass"}
 
 
 def now() -> str:
@@ -36,111 +35,75 @@ class Kube:
     def __init__(self, api: client.ApiClient, cache: ObjectCache) -> None:
         self.api = api
         self.cache = cache
-        self.core = client.CoreV1Api(api)
-        self.custom = client.CustomObjectsApi(api)
         self.requests = 0
         self._lock = threading.Lock()
 
-    def _count(self) -> None:
+    def _call(self, method: str, path: str, body: Any = None, content_type: str = "application/json") -> Body:
         with self._lock:
             self.requests += 1
+        response = self.api.call_api(
+            path, method, header_params={"Content-Type": content_type, "Accept": "application/json"},
+            body=body, auth_settings=["BearerToken"], _preload_content=False, _return_http_data_only=True)
+        data = response.data
+        return json.loads(data) if data else {}
 
-    @staticmethod
-    def _json(response: Any) -> Body:
-        return json.loads(response.data) if response.data else {}
-
-    def _keep(self, kind: str, body: Body) -> Body:
+    def _keep(self, resource: Resource, body: Body) -> Body:
         if body.get("metadata", {}).get("name"):
-            self.cache.store(kind, body)
+            self.cache.store(resource, body)
         return body
 
-    # -- create ----------------------------------------------------------------------------
-
-    def create(self, kind: str, body: Body) -> Body | None:
+    def create(self, resource: Resource, body: Body) -> Body | None:
         """Create ``body``; None if an object of that name already exists."""
-        ns = body["metadata"].get("namespace", "")
-        self._count()
+        namespace = body["metadata"].get("namespace", "")
         try:
-            if kind == "pvc":
-                resp = self.core.create_namespaced_persistent_volume_claim(ns, body, _preload_content=False)
-            elif kind == "pod":
-                resp = self.core.create_namespaced_pod(ns, body, _preload_content=False)
-            elif kind == "service":
-                resp = self.core.create_namespaced_service(ns, body, _preload_content=False)
-            elif kind == "secret":  # never cached: the controller keeps no key material around
-                self.core.create_namespaced_secret(ns, body, _preload_content=False)
-                return {"metadata": dict(body["metadata"])}
-            elif kind in CLUSTER_SCOPED:
-                resp = self.custom.create_cluster_custom_object(GROUP, VERSION, CDI_PLURALS[kind], body,
-                                                                _preload_content=False)
-            else:
-                raise ValueError(f"cannot create {kind}")
+            created = self._call("POST", resource.path(namespace), body)
         except ApiException as error:
             if error.status == 409:
                 return None
             raise
-        return self._keep(kind, self._json(resp))
+        if not resource.cached:  # Secrets: the controller keeps no key material around
+            return {"metadata": dict(created.get("metadata") or body["metadata"])}
+        return self._keep(resource, created)
 
-    # -- patch -----------------------------------------------------------------------------
+    def get(self, resource: Resource, namespace: str, name: str) -> Body | None:
+        """A live read, for the rare object the cache does not hold; None if it does not exist."""
+        try:
+            return self._call("GET", resource.path(namespace, name))
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
 
-    def patch(self, kind: str, namespace: str, name: str, patch: Body) -> Body | None:
+    def list(self, resource: Resource, namespace: str = "") -> list[Body]:
+        """A live list, for kinds the controller does not watch (every pod of a namespace)."""
+        return list(self._call("GET", resource.path(namespace)).get("items") or [])
+
+    def patch(self, resource: Resource, namespace: str, name: str, patch: Body) -> Body | None:
         """A JSON merge patch of the object; None if it is gone."""
-        self._count()
-        kw: dict[str, Any] = {"_content_type": MERGE_PATCH, "_preload_content": False}
         try:
-            if kind == "pvc":
-                resp = self.core.patch_namespaced_persistent_volume_claim(name, namespace, patch, **kw)
-            elif kind == "dv":
-                resp = self.custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, "datavolumes", name,
-                                                                  patch, **kw)
-            elif kind in CLUSTER_SCOPED:
-                resp = self.custom.patch_cluster_custom_object(GROUP, VERSION, CDI_PLURALS[kind], name, patch, **kw)
-            else:
-                raise ValueError(f"cannot patch {kind}")
+            return self._keep(resource, self._call("PATCH", resource.path(namespace, name), patch, MERGE_PATCH))
         except ApiException as error:
             if error.status == 404:
                 return None
             raise
-        return self._keep(kind, self._json(resp))
 
-    def patch_status(self, kind: str, namespace: str, name: str, status: Body) -> Body | None:
-        """Merge ``status`` into the status subresource of a CDI object."""
-        self._count()
-        kw: dict[str, Any] = {"_content_type": MERGE_PATCH, "_preload_content": False}
+    def patch_status(self, resource: Resource, namespace: str, name: str, status: Body) -> Body | None:
+        """Merge ``status`` into the status subresource."""
         try:
-            if kind in CLUSTER_SCOPED:
-                resp = self.custom.patch_cluster_custom_object_status(
-                    GROUP, VERSION, CDI_PLURALS[kind], name, {"status": status}, **kw)
-            else:
-                resp = self.custom.patch_namespaced_custom_object_status(
-                    GROUP, VERSION, namespace, CDI_PLURALS[kind], name, {"status": status}, **kw)
+            return self._keep(resource, self._call("PATCH", resource.path(namespace, name, "status"),
+                                                   {"status": status}, MERGE_PATCH))
         except ApiException as error:
             if error.status == 404:
                 return None
             raise
-        return self._keep(kind, self._json(resp))
 
-    # -- delete ----------------------------------------------------------------------------
-
-    def delete(self, kind: str, namespace: str, name: str) -> None:
+    def delete(self, resource: Resource, namespace: str, name: str) -> None:
         """Delete in the background (dependents go with it); a missing object is fine."""
-        self._count()
-        body = client.V1DeleteOptions(propagation_policy="Background")
         try:
-            if kind == "pod":
-                self.core.delete_namespaced_pod(name, namespace, body=body, _preload_content=False)
-            elif kind == "pvc":
-                self.core.delete_namespaced_persistent_volume_claim(name, namespace, body=body,
-                                                                    _preload_content=False)
-            elif kind == "service":
-                self.core.delete_namespaced_service(name, namespace, body=body, _preload_content=False)
-            else:
-                raise ValueError(f"cannot delete {kind}")
+            self._call("DELETE", resource.path(namespace, name), {"propagationPolicy": "Background"})
         except ApiException as error:
             if error.status != 404:
                 raise
-
-    # -- events ----------------------------------------------------------------------------
 
     def event(self, regarding: Body, kind: str, event_type: str, reason: str, message: str,
               component: str) -> None:
@@ -152,12 +115,11 @@ class Kube:
             "involvedObject": {"apiVersion": regarding.get("apiVersion"), "kind": kind, "name": meta["name"],
                                "namespace": meta["namespace"], "uid": meta.get("uid"),
                                "resourceVersion": meta.get("resourceVersion")},
-            "reason": reason, "message": message[:1024], "type": event_type,
+            "reason": reason, "message": message[:1024], "type": str(event_type),
             "source": {"component": component}, "reportingComponent": component,
             "firstTimestamp": stamp, "lastTimestamp": stamp, "count": 1,
         }
-        self._count()
         try:
-            self.core.create_namespaced_event(meta["namespace"], body, _preload_content=False)
+            self._call("POST", res.EVENT.path(meta["namespace"]), body)
         except ApiException as error:  # an event is never worth failing a reconcile for
             log.warning("cannot record event %s on %s: %s", reason, meta["name"], error.reason)

@@ -2,10 +2,10 @@
 
 kopf does what it is good at: login, API discovery, list+watch of every resource with
 reconnects and back-off, and per-object event ordering. Its handlers here only record the object
-in the :class:`~.cache.ObjectCache` and queue the key of whatever must react (a pod names its
-PVC, a PVC its DataVolume). The reconcilers are level-based, idempotent functions of the cached
-state that write with the official ``kubernetes`` client; they run on a thread pool so that a
-slow apiserver or a progress scrape never blocks the watch streams.
+in the :class:`~.cache.ObjectCache` and queue the :class:`~.keys.Key` s of whatever must react
+(:mod:`.routing` says which). The reconcilers are level-based, idempotent functions of the
+cached state that write with the official ``kubernetes`` client; they run on a thread pool so
+that a slow apiserver or a progress scrape never blocks the watch streams.
 """
 
 from __future__ import annotations
@@ -13,38 +13,39 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
-from collections.abc import Callable, Hashable
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import kopf
 from kubernetes import client
 
 from . import annotations as ann
-from . import datavolume, profiles, pvc_import, pvc_upload
-from . import upload_pod
+from . import datavolume, profiles, pvc_clone, pvc_import, pvc_upload, routing
 from .context import CONFIG_NAME, Context
+from .errors import PermanentError
+from .keys import Key, Reconciler
+from .resources import POD, WATCHED, Resource
 from .workqueue import WorkQueue
 
 log = logging.getLogger("cdi.controller")
 
-Reconciler = Callable[[Context, str, str], "float | None"]
-RECONCILERS: dict[str, Reconciler] = {
-    "dv": datavolume.reconcile,
-    "pvc": pvc_import.reconcile,
-    "upload": pvc_upload.reconcile,
-    "storageclass": profiles.reconcile_profile,
-    "cdiconfig": profiles.reconcile_config,
+
+@dataclass(frozen=True)
+class Route:
+    reconcile: Callable[[Context, str, str], float | None]
+    fail: Callable[[Context, str, str, PermanentError], None] | None = None
+    """Records a permanent error on the object (its status), so the user sees why it stopped."""
+
+
+ROUTES: dict[Reconciler, Route] = {
+    Reconciler.DATAVOLUME: Route(datavolume.reconcile, datavolume.fail),
+    Reconciler.IMPORT: Route(pvc_import.reconcile),
+    Reconciler.UPLOAD: Route(pvc_upload.reconcile),
+    Reconciler.CLONE: Route(pvc_clone.reconcile, pvc_clone.fail),
+    Reconciler.STORAGE_PROFILE: Route(profiles.reconcile_profile),
+    Reconciler.CONFIG: Route(profiles.reconcile_config),
 }
-
-
-def _meta(body: dict[str, Any]) -> tuple[str, str]:
-    meta = body.get("metadata") or {}
-    return meta.get("namespace") or "", meta["name"]
-
-
-def _owners(body: dict[str, Any], kind: str) -> list[str]:
-    return [ref["name"] for ref in (body.get("metadata") or {}).get("ownerReferences") or []
-            if ref.get("kind") == kind]
 
 
 class Controller:
@@ -54,73 +55,43 @@ class Controller:
         self.queue = WorkQueue()
         self.pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="reconcile")
 
-    # -- watch events -> cache -> queue ------------------------------------------------------
-
-    def _observe(self, kind: str, event: dict[str, Any]) -> dict[str, Any]:
+    def observe(self, resource: Resource, event: dict[str, Any]) -> None:
+        """Watch event -> cache -> the keys that must react."""
         body: dict[str, Any] = event["object"]
-        namespace, name = _meta(body)
+        meta = body.get("metadata") or {}
         if event.get("type") == "DELETED":
-            self.ctx.cache.forget(kind, namespace, name)
+            self.ctx.cache.forget(resource, meta.get("namespace") or "", meta["name"])
         else:
-            self.ctx.cache.store(kind, body)
-        return body
-
-    def on_datavolume(self, event: dict[str, Any]) -> None:
-        body = self._observe("dv", event)
-        self.queue.add(("dv", *_meta(body)))
-
-    def on_claim(self, event: dict[str, Any]) -> None:
-        body = self._observe("pvc", event)
-        namespace, name = _meta(body)
-        if pvc_import.is_import_claim(body):
-            self.queue.add(("pvc", namespace, name))
-        if pvc_upload.is_upload_claim(body):
-            self.queue.add(("upload", namespace, name))
-        for owner in _owners(body, "DataVolume"):
-            self.queue.add(("dv", namespace, owner))
-
-    def on_pod(self, event: dict[str, Any]) -> None:
-        body = self._observe("pod", event)
-        namespace, _ = _meta(body)
-        worker = "upload" if (body.get("metadata") or {}).get("labels", {}).get(ann.COMPONENT_LABEL) == \
-            upload_pod.COMPONENT else "pvc"
-        for owner in _owners(body, "PersistentVolumeClaim"):
-            self.queue.add((worker, namespace, owner))
-
-    def on_storage_class(self, event: dict[str, Any]) -> None:
-        body = self._observe("storageclass", event)
-        self.queue.add(("storageclass", "", _meta(body)[1]))
-        self.queue.add(("cdiconfig", "", CONFIG_NAME))
-
-    def on_storage_profile(self, event: dict[str, Any]) -> None:
-        body = self._observe("storageprofile", event)
-        self.queue.add(("storageclass", "", _meta(body)[1]))
-
-    def on_config(self, event: dict[str, Any]) -> None:
-        body = self._observe("cdiconfig", event)
-        self.queue.add(("cdiconfig", "", _meta(body)[1]))
+            self.ctx.cache.store(resource, body)
+        for key in routing.keys_for(self.ctx.cache, resource, body):
+            self.queue.add(key)
 
     def registry(self) -> kopf.OperatorRegistry:
         registry = kopf.OperatorRegistry()
-        watches: list[tuple[tuple[str, ...], Callable[[dict[str, Any]], None], dict[str, Any]]] = [
-            (("cdi.kubevirt.io", "v1beta1", "datavolumes"), self.on_datavolume, {}),
-            (("v1", "persistentvolumeclaims"), self.on_claim, {}),
-            (("v1", "pods"), self.on_pod, {"labels": {ann.APP_LABEL: ann.APP}}),
-            (("storage.k8s.io", "v1", "storageclasses"), self.on_storage_class, {}),
-            (("cdi.kubevirt.io", "v1beta1", "storageprofiles"), self.on_storage_profile, {}),
-            (("cdi.kubevirt.io", "v1beta1", "cdiconfigs"), self.on_config, {}),
-        ]
-        for resource, observe, filters in watches:
-            kopf.on.event(*resource, registry=registry, id=observe.__name__, **filters)(_handler(observe))
+        for resource in WATCHED:
+            filters: dict[str, Any] = {"labels": {ann.APP_LABEL: ann.APP}} if resource == POD else {}
+            group_version = (resource.group, resource.version) if resource.group else ("v1",)
+            kopf.on.event(*group_version, resource.plural,  # type: ignore[call-arg]
+                          registry=registry, id=f"observe-{resource.plural}", **filters)(self._handler(resource))
         return registry
+
+    def _handler(self, resource: Resource) -> Callable[..., Any]:
+        async def handler(event: dict[str, Any], **_: Any) -> None:
+            self.observe(resource, event)
+        return handler
 
     # -- the work ---------------------------------------------------------------------------
 
-    async def _handle(self, key: Hashable) -> float | None:
-        assert isinstance(key, tuple)
-        kind, namespace, name = str(key[0]), str(key[1]), str(key[2])
+    async def _handle(self, key: Key) -> float | None:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.pool, RECONCILERS[kind], self.ctx, namespace, name)
+        return await loop.run_in_executor(self.pool, ROUTES[key.reconciler].reconcile, self.ctx,
+                                          key.namespace, key.name)
+
+    async def _fail(self, key: Key, error: PermanentError) -> None:
+        fail = ROUTES[key.reconciler].fail
+        if fail is not None:
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(self.pool, fail, self.ctx, key.namespace, key.name, error)
 
     async def run(self, *, stop_flag: asyncio.Event | None = None, ready_flag: asyncio.Event | None = None,
                   liveness_endpoint: str | None = None, connection: kopf.ConnectionInfo) -> None:
@@ -131,8 +102,8 @@ class Controller:
         # scanning stays on: kopf notices CRDs applied after the controller started (RBAC: list/watch CRDs)
         settings.watching.server_timeout = 300
         settings.networking.request_timeout = 60
-        self.queue.add(("cdiconfig", "", CONFIG_NAME))
-        workers = [asyncio.create_task(self.queue.run_worker(self._handle)) for _ in range(self.workers)]
+        self.queue.add(Key(Reconciler.CONFIG, "", CONFIG_NAME))
+        workers = [asyncio.create_task(self.queue.run_worker(self._handle, self._fail)) for _ in range(self.workers)]
         try:
             await kopf.operator(registry=registry, settings=settings, clusterwide=True, standalone=True,
                                 stop_flag=stop_flag, ready_flag=ready_flag, liveness_endpoint=liveness_endpoint)
@@ -140,12 +111,6 @@ class Controller:
             for task in workers:
                 task.cancel()
             self.pool.shutdown(wait=False, cancel_futures=True)
-
-
-def _handler(observe: Callable[[dict[str, Any]], None]) -> Callable[..., Any]:
-    async def handler(event: dict[str, Any], **_: Any) -> None:
-        observe(event)
-    return handler
 
 
 def connection_from(configuration: client.Configuration) -> kopf.ConnectionInfo:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from . import resources as res
 from . import annotations as ann
 from . import importer_pod, podstatus
 from .context import Context
@@ -44,21 +45,21 @@ def can_start(pvc: dict[str, Any]) -> bool:
 
 
 def reconcile(ctx: Context, namespace: str, name: str) -> float | None:
-    pvc = ctx.cache.get("pvc", namespace, name)
+    pvc = ctx.cache.get(res.PVC, namespace, name)
     if pvc is None or not is_import_claim(pvc):
         return None
     annotations: dict[str, str] = pvc["metadata"].get("annotations") or {}
     pod_name = annotations.get(ann.IMPORT_POD_NAME) or importer_pod.name_for("importer", name)
-    pod = ctx.cache.get("pod", namespace, pod_name)
+    pod = ctx.cache.get(res.POD, namespace, pod_name)
     if pvc["metadata"].get("deletionTimestamp"):
         # the claim's protection finalizer waits for the pod, and the garbage collector waits for
         # the claim to be gone before it removes the pod: only we can break the wait
         if pod is not None:
-            ctx.kube.delete("pod", namespace, pod_name)
+            ctx.kube.delete(res.POD, namespace, pod_name)
         return None
     if is_done(annotations):
         if pod is not None and annotations.get(ann.RETAIN_AFTER_COMPLETION) != "true":
-            ctx.kube.delete("pod", namespace, pod_name)
+            ctx.kube.delete(res.POD, namespace, pod_name)
         return None
     if pod is None:
         if can_start(pvc):
@@ -81,14 +82,14 @@ def _start(ctx: Context, pvc: dict[str, Any], pod_name: str) -> None:
     scratch = importer_pod.scratch_name(pvc["metadata"]["name"]) if importer_pod.needs_scratch_up_front(annotations) \
         else None
     body = importer_pod.render(pvc, owner_uid=owner_uid(pvc), config=config, settings=ctx.importer, scratch=scratch)
-    created = ctx.kube.create("pod", body)
+    created = ctx.kube.create(res.POD, body)
     if created is not None:
         log.info("%s/%s: started %s%s", pvc["metadata"]["namespace"], pvc["metadata"]["name"], pod_name,
                  " with scratch space" if scratch else "")
         if scratch:
-            ctx.kube.create("pvc", importer_pod.render_scratch_claim(pvc, created, config))
+            ctx.kube.create(res.PVC, importer_pod.render_scratch_claim(pvc, created, config))
     if annotations.get(ann.IMPORT_POD_NAME) != pod_name:
-        ctx.kube.patch("pvc", pvc["metadata"]["namespace"], pvc["metadata"]["name"],
+        ctx.kube.patch(res.PVC, pvc["metadata"]["namespace"], pvc["metadata"]["name"],
                        {"metadata": {"annotations": {ann.IMPORT_POD_NAME: pod_name}}})
 
 
@@ -122,7 +123,7 @@ def _follow(ctx: Context, pvc: dict[str, Any], pod: dict[str, Any]) -> float | N
         patch: dict[str, Any] = {"metadata": {"annotations": changed}}
         if new_labels:
             patch["metadata"]["labels"] = new_labels
-        ctx.kube.patch("pvc", meta["namespace"], meta["name"], patch)
+        ctx.kube.patch(res.PVC, meta["namespace"], meta["name"], patch)
     if delete_pod:
-        ctx.kube.delete("pod", meta["namespace"], pod["metadata"]["name"])
+        ctx.kube.delete(res.POD, meta["namespace"], pod["metadata"]["name"])
     return None

@@ -18,8 +18,10 @@ from typing import Any
 
 from uploadproxy.resolver import service_name
 
+from . import resources as res
 from . import annotations as ann
 from . import podstatus, upload_pod
+from .clone import cloner_pod
 from .context import Context
 from .pvc_import import can_start, owner_uid
 
@@ -27,25 +29,36 @@ log = logging.getLogger("cdi.controller.upload")
 
 
 def is_upload_claim(pvc: dict[str, Any]) -> bool:
-    return ann.UPLOAD_TARGET in (pvc["metadata"].get("annotations") or {})
+    """Uploads' targets, and host-assisted clones' (whose bytes come from a cloner pod)."""
+    annotations = pvc["metadata"].get("annotations") or {}
+    return ann.UPLOAD_TARGET in annotations or ann.CLONE_REQUEST in annotations
+
+
+def _client(pvc: dict[str, Any], settings: upload_pod.UploadSettings) -> upload_pod.Client:
+    """A clone target's server takes bytes from its cloner only (a certificate the controller
+    issued with the upload-server CA); an upload target's from the proxy."""
+    if ann.CLONE_REQUEST in (pvc["metadata"].get("annotations") or {}):
+        assert settings.server_ca is not None
+        return upload_pod.Client(cloner_pod.client_name(pvc), settings.server_ca.cert)
+    return upload_pod.proxy_client(settings)
 
 
 def reconcile(ctx: Context, namespace: str, name: str) -> float | None:
-    pvc = ctx.cache.get("pvc", namespace, name)
+    pvc = ctx.cache.get(res.PVC, namespace, name)
     if pvc is None or not is_upload_claim(pvc):
         return None
     annotations: dict[str, str] = pvc["metadata"].get("annotations") or {}
     pod_name = annotations.get(ann.UPLOAD_POD_NAME) or upload_pod.pod_name(name)
-    pod = ctx.cache.get("pod", namespace, pod_name)
+    pod = ctx.cache.get(res.POD, namespace, pod_name)
     if pvc["metadata"].get("deletionTimestamp"):
         if pod is not None:  # the claim's protection finalizer waits for it
-            ctx.kube.delete("pod", namespace, pod_name)
+            ctx.kube.delete(res.POD, namespace, pod_name)
         return None
-    if annotations.get(ann.POD_PHASE) == "Succeeded":
+    if annotations.get(ann.POD_PHASE) == "Succeeded" or annotations.get(ann.FATAL_ERROR) == "true":
         if annotations.get(ann.RETAIN_AFTER_COMPLETION) != "true":
             if pod is not None:
-                ctx.kube.delete("pod", namespace, pod_name)
-            ctx.kube.delete("service", namespace, service_name(name))
+                ctx.kube.delete(res.POD, namespace, pod_name)
+            ctx.kube.delete(res.SERVICE, namespace, service_name(name))
         return None
     if not ctx.upload.configured:
         return None
@@ -60,14 +73,15 @@ def reconcile(ctx: Context, namespace: str, name: str) -> float | None:
 def _start(ctx: Context, pvc: dict[str, Any], pod_name: str) -> None:
     meta = pvc["metadata"]
     # a restarted controller may find these made already: create answers None, and that is fine
-    ctx.kube.create("secret", upload_pod.render_secret(pvc, ctx.upload))
-    ctx.kube.create("service", upload_pod.render_service(pvc))
-    pod = upload_pod.render_pod(pvc, ctx.config(), ctx.upload, owner_uid=owner_uid(pvc))
-    if ctx.kube.create("pod", pod) is not None:
+    client = _client(pvc, ctx.upload)
+    ctx.kube.create(res.SECRET, upload_pod.render_secret(pvc, ctx.upload, client))
+    ctx.kube.create(res.SERVICE, upload_pod.render_service(pvc))
+    pod = upload_pod.render_pod(pvc, ctx.config(), ctx.upload, owner_uid=owner_uid(pvc), client_name=client.name)
+    if ctx.kube.create(res.POD, pod) is not None:
         log.info("%s/%s: started upload server %s", meta["namespace"], meta["name"], pod_name)
     annotations = meta.get("annotations") or {}
     if annotations.get(ann.UPLOAD_POD_NAME) != pod_name:
-        ctx.kube.patch("pvc", meta["namespace"], meta["name"],
+        ctx.kube.patch(res.PVC, meta["namespace"], meta["name"],
                        {"metadata": {"annotations": {ann.UPLOAD_POD_NAME: pod_name}}})
 
 
@@ -90,10 +104,11 @@ def _follow(ctx: Context, pvc: dict[str, Any], pod: dict[str, Any]) -> None:
             update.update({ann.POD_PHASE: "Pending", ann.POD_READY: "false"})
             replace_pod = True
         else:
-            update[ann.RUNNING_CONDITION_MESSAGE] = "Upload Complete"
+            update[ann.RUNNING_CONDITION_MESSAGE] = "Clone Complete" if ann.CLONE_REQUEST in annotations \
+                else "Upload Complete"
     changed = {k: v for k, v in update.items() if annotations.get(k) != v}
     if changed:
-        ctx.kube.patch("pvc", meta["namespace"], meta["name"], {"metadata": {"annotations": changed}})
+        ctx.kube.patch(res.PVC, meta["namespace"], meta["name"], {"metadata": {"annotations": changed}})
     if replace_pod:
         log.info("%s/%s: upload server deadline passed; starting a fresh one", meta["namespace"], meta["name"])
-        ctx.kube.delete("pod", meta["namespace"], pod["metadata"]["name"])
+        ctx.kube.delete(res.POD, meta["namespace"], pod["metadata"]["name"])

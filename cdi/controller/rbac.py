@@ -49,6 +49,7 @@ class PolicyRule(TypedDict):
 
 CDI = "cdi.kubevirt.io"
 CORE = ""
+SNAPSHOT = "snapshot.storage.k8s.io"
 READ = ["get", "list", "watch"]
 
 RULES: tuple[PolicyRule, ...] = (
@@ -69,7 +70,8 @@ RULES: tuple[PolicyRule, ...] = (
     # the target PVC: created from the DV, annotated with the import source and pod state, deleted on failure
     PolicyRule(apiGroups=[CORE], resources=["persistentvolumeclaims"],
                verbs=[*READ, "create", "update", "patch", "delete"]),
-    # importer/upload pods: created, watched for phase and termination message, deleted when done (never patched)
+    # importer/upload/cloner pods: created, watched for phase and termination message, deleted when done
+    # (never patched); every pod of a clone source's namespace is listed to see whether the source is in use
     PolicyRule(apiGroups=[CORE], resources=["pods"], verbs=[*READ, "create", "delete"]),
     # the controller's and kopf's own Events on DVs (kopf posts core/v1 events; patch aggregates repeats)
     PolicyRule(apiGroups=[CORE], resources=["events"], verbs=["create", "patch"]),
@@ -77,8 +79,16 @@ RULES: tuple[PolicyRule, ...] = (
     PolicyRule(apiGroups=[CORE], resources=["configmaps"], verbs=[*READ, "create", "delete"]),
     # per-PVC upload server Services (cdi-upload-<pvc>)
     PolicyRule(apiGroups=[CORE], resources=["services"], verbs=[*READ, "create", "delete"]),
-    # each upload pod's TLS Secret, owned by its PVC (the garbage collector deletes it): written once, never read back
+    # each upload pod's TLS Secret, owned by its PVC, and each cloner's, owned by its pod (the garbage
+    # collector deletes them): written once, never read back
     PolicyRule(apiGroups=[CORE], resources=["secrets"], verbs=["create"]),
+    # smart clones: a temporary snapshot of the source, imported into the target namespace by a
+    # pre-provisioned content (Retain) when the namespaces differ; classes tell the planner which driver snapshots
+    PolicyRule(apiGroups=[SNAPSHOT], resources=["volumesnapshots"], verbs=[*READ, "create", "delete"]),
+    PolicyRule(apiGroups=[SNAPSHOT], resources=["volumesnapshotcontents"], verbs=["get", "create", "delete"]),
+    PolicyRule(apiGroups=[SNAPSHOT], resources=["volumesnapshotclasses"], verbs=READ),
+    # the CDI CR's cloneStrategyOverride
+    PolicyRule(apiGroups=[CDI], resources=["cdis"], verbs=READ),
     # default (virt) class, volumeBindingMode and provisioner; StorageProfiles follow StorageClasses
     PolicyRule(apiGroups=["storage.k8s.io"], resources=["storageclasses"], verbs=READ),
     # kopf's resource observer re-scans discovery when CRDs change (e.g. crds/ applied after the controller)

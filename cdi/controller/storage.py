@@ -169,13 +169,17 @@ def provisioner_key(storage_class: JSON) -> str:
 
 # --- StorageProfiles ---------------------------------------------------------------------------
 
-def storage_profile(storage_class: JSON, existing: JSON | None, *, snapshot_capable: bool = False) -> JSON:
+def storage_profile(storage_class: JSON, existing: JSON | None, *, snapshot_capable: bool = False,
+                    snapshot_class: str = "") -> JSON:
     """The desired StorageProfile for ``storage_class``.
 
     The spec is the user's (kept from ``existing``); the status is ours: the spec's claim property
-    sets if any, else the capabilities table's (none for an unknown provisioner). Ownership and
-    resourceVersion are left to the caller.
+    sets if any, else the capabilities table's (none for an unknown provisioner). ``snapshot_class``
+    is a VolumeSnapshotClass of the class's driver, if the cluster has one: it makes the class
+    snapshot-capable and is reported as ``status.snapshotClass`` unless the spec names one.
+    Ownership and resourceVersion are left to the caller.
     """
+    snapshot_capable = snapshot_capable or bool(snapshot_class)
     spec: JSON = copy.deepcopy((existing or {}).get("spec") or {})
     key = provisioner_key(storage_class)
     return {
@@ -183,7 +187,7 @@ def storage_profile(storage_class: JSON, existing: JSON | None, *, snapshot_capa
         "kind": "StorageProfile",
         "metadata": _profile_metadata(storage_class, existing, key),
         "spec": spec,
-        "status": _profile_status(storage_class, spec, key, snapshot_capable),
+        "status": _profile_status(storage_class, spec, key, snapshot_capable, snapshot_class),
     }
 
 
@@ -199,7 +203,7 @@ def _profile_metadata(storage_class: JSON, existing: JSON | None, key: str) -> J
     return metadata
 
 
-def _profile_status(storage_class: JSON, spec: JSON, key: str, snapshot_capable: bool) -> JSON:
+def _profile_status(storage_class: JSON, spec: JSON, key: str, snapshot_capable: bool, snapshot_class: str) -> JSON:
     """Status as CDI's storage-profile controller computes it."""
     status: JSON = {"storageClass": _name(storage_class), "provisioner": storage_class.get("provisioner", "")}
     sets = copy.deepcopy(spec.get("claimPropertySets")) or _table_sets(key)
@@ -208,8 +212,8 @@ def _profile_status(storage_class: JSON, spec: JSON, key: str, snapshot_capable:
     status["cloneStrategy"] = spec.get("cloneStrategy") or _clone_strategy(storage_class, key, snapshot_capable)
     status["dataImportCronSourceFormat"] = spec.get("dataImportCronSourceFormat") or _source_format(
         key, snapshot_capable)
-    if spec.get("snapshotClass"):
-        status["snapshotClass"] = spec["snapshotClass"]
+    if spec.get("snapshotClass") or snapshot_class:
+        status["snapshotClass"] = spec.get("snapshotClass") or snapshot_class
     return status
 
 

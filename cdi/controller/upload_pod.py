@@ -39,7 +39,7 @@ SCRATCH_VOLUME = "cdi-scratch-vol"
 SCRATCH_PATH = "/scratch"
 PROXY_CLIENT_NAME = "client.upload-server.cdi.kubevirt.io"
 """The CN of the proxy's client certificate; CDI's name, which its upload servers insist on."""
-COMPONENT = "upload-server"
+COMPONENT = ann.UPLOAD_SERVER_COMPONENT
 SERVICE_LABEL = "cdi.kubevirt.io/uploadServer"
 """Set on the pod to the Service's name; the Service selects it."""
 
@@ -85,11 +85,25 @@ def _owned_by_claim(pvc: dict[str, Any], name: str) -> dict[str, Any]:
                                  "uid": meta["uid"], "controller": True, "blockOwnerDeletion": True}]}
 
 
-def render_secret(pvc: dict[str, Any], settings: UploadSettings) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Client:
+    """Who may send bytes to an upload server: the CN of its certificate and the CA that signed it."""
+
+    name: str
+    ca_pem: bytes
+
+
+def proxy_client(settings: UploadSettings) -> Client:
+    """Uploads come through the upload proxy, with CDI's client name."""
+    return Client(PROXY_CLIENT_NAME, settings.client_ca_pem)
+
+
+def render_secret(pvc: dict[str, Any], settings: UploadSettings, client: Client | None = None) -> dict[str, Any]:
     """A fresh serving certificate for the pod, with the client CA beside it."""
     assert settings.server_ca is not None
+    client = client or proxy_client(settings)
     served = Signer(settings.server_ca).issue(service_name(pvc["metadata"]["name"]), dns_names=dns_names(pvc))
-    data = {"tls.crt": served.cert, "tls.key": served.key, "client-ca.crt": settings.client_ca_pem}
+    data = {"tls.crt": served.cert, "tls.key": served.key, "client-ca.crt": client.ca_pem}
     return {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
             "metadata": _owned_by_claim(pvc, secret_name(pvc)),
             "data": {k: base64.b64encode(v).decode() for k, v in data.items()}}
@@ -103,14 +117,14 @@ def render_service(pvc: dict[str, Any]) -> dict[str, Any]:
 
 
 def _env(pvc: dict[str, Any], config: ControllerConfig, settings: UploadSettings,
-         owner_uid: str) -> list[dict[str, Any]]:
+         owner_uid: str, client_name: str) -> list[dict[str, Any]]:
     annotations = pvc["metadata"].get("annotations") or {}
     spec = pvc.get("spec") or {}
     size = ((spec.get("resources") or {}).get("requests") or {}).get("storage", "")
     block = is_block(pvc)
     values = {
         "TLS_CERT_FILE": f"{TLS_PATH}/tls.crt", "TLS_KEY_FILE": f"{TLS_PATH}/tls.key",
-        "CLIENT_CERT_FILE": f"{TLS_PATH}/client-ca.crt", "CLIENT_NAME": PROXY_CLIENT_NAME,
+        "CLIENT_CERT_FILE": f"{TLS_PATH}/client-ca.crt", "CLIENT_NAME": client_name,
         "DESTINATION": BLOCK_PATH if block else f"{DATA_PATH}/disk.img",
         "UPLOAD_IMAGE_SIZE": str(size),
         "FILESYSTEM_OVERHEAD": "0" if block else config.overhead_for(spec.get("storageClassName")),
@@ -129,14 +143,15 @@ def _scratch_limit(pvc: dict[str, Any]) -> dict[str, Any]:
 
 
 def render_pod(pvc: dict[str, Any], config: ControllerConfig, settings: UploadSettings,
-               owner_uid: str = "") -> dict[str, Any]:
-    """``owner_uid`` labels the progress metric (the DataVolume's UID, else the PVC's)."""
+               owner_uid: str = "", client_name: str = PROXY_CLIENT_NAME) -> dict[str, Any]:
+    """``owner_uid`` labels the progress metric (the DataVolume's UID, else the PVC's);
+    ``client_name`` is the one certificate CN the server accepts (the proxy's, or a cloner's)."""
     meta = pvc["metadata"]
     annotations = meta.get("annotations") or {}
     name = pod_name(meta["name"])
     container: dict[str, Any] = {
         "name": "cdi-upload-server", "image": settings.image, "imagePullPolicy": settings.pull_policy,
-        "env": _env(pvc, config, settings, owner_uid or pvc["metadata"]["uid"]),
+        "env": _env(pvc, config, settings, owner_uid or pvc["metadata"]["uid"], client_name),
         "ports": [{"name": "uploadserver", "containerPort": PORT, "protocol": "TCP"}],
         "readinessProbe": {"httpGet": {"path": "/healthz", "port": PORT, "scheme": "HTTPS"},
                            "initialDelaySeconds": 0, "periodSeconds": 1, "failureThreshold": 1},

@@ -77,6 +77,10 @@ NEEDS: list[tuple[str, str, str]] = [
     (CORE, "secrets", "create"),
     ("storage.k8s.io", "storageclasses", "get list watch"),
     ("apiextensions.k8s.io", "customresourcedefinitions", "list watch"),
+    (CDI, "cdis", "get list watch"),
+    ("snapshot.storage.k8s.io", "volumesnapshots", "get list watch create delete"),
+    ("snapshot.storage.k8s.io", "volumesnapshotcontents", "get create delete"),
+    ("snapshot.storage.k8s.io", "volumesnapshotclasses", "get list watch"),
 ]
 
 # What the controller must never be able to do: (verb, apiGroup, resource[/subresource]).
@@ -85,7 +89,7 @@ MUST_NOT: list[tuple[str, str, str]] = [
     ("list", CORE, "secrets"),
     ("watch", CORE, "secrets"),
     ("update", CORE, "secrets"),  # upload pods' TLS Secrets are written once ...
-    ("delete", CORE, "secrets"),  # ... and go with their PVC by owner reference
+    ("delete", CORE, "secrets"),  # ... and go with their PVC (or cloner pod) by owner reference
     ("create", CORE, "pods/exec"),
     ("create", CORE, "pods/attach"),
     ("create", CORE, "pods/portforward"),

@@ -1,33 +1,66 @@
-"""What differs between kinds of DataVolume: the interface each source kind's flow implements."""
+"""What differs between kinds of DataVolume: the interface each source kind's flow implements.
+
+The shared reconciler (:mod:`.base`) renders the PVC spec and hands it to the flow's
+:meth:`Flow.prepare`, which either completes the claim (annotations for its worker, a size or a
+``dataSource`` for a clone) or says what the DataVolume waits for. Once the claim exists,
+:meth:`Flow.follow` turns the claim's state into the DataVolume's phase.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ..config import ControllerConfig
+from ..context import Context
+from ..phases import EventType, Phase
+
+Body = dict[str, Any]
 
 
 @dataclass(frozen=True)
 class Event:
-    type: str  # Normal | Warning
+    type: EventType
     reason: str
     message: str
+
+
+@dataclass(frozen=True)
+class Claim:
+    """The PVC to create: its spec, and the annotations the flow adds."""
+
+    spec: Body
+    annotations: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Wait:
+    """No PVC yet: the DataVolume shows ``phase`` with the reason and message, and is looked at
+    again after ``again`` seconds (None: when something it watches changes)."""
+
+    phase: Phase
+    reason: str
+    message: str
+    event_type: EventType = EventType.NORMAL
+    again: float | None = None
 
 
 class Flow(Protocol):
     component: str
     """The events' source component, as CDI names its controllers."""
-    progress_phase: str | None
+    progress_phase: Phase | None
     """The phase in which the worker's progress metric is read (every ``poll_seconds``), if any."""
-    pod_annotation: str
-    """The PVC annotation naming the worker pod, whose IP serves the metric."""
 
-    def refusal(self, dv: dict[str, Any]) -> tuple[str, str] | None:
+    def refusal(self, dv: Body) -> tuple[str, str] | None:
         """(reason, message) if this controller cannot serve the DataVolume at all."""
 
-    def claim_annotations(self, dv: dict[str, Any], config: ControllerConfig) -> dict[str, str]:
-        """What the PVC must carry for its worker (the source, for an import)."""
+    def prepare(self, ctx: Context, dv: Body, spec: Body) -> Claim | Wait:
+        """The claim to create from the rendered ``spec``, or what the DataVolume waits for."""
 
-    def worker_phase(self, annotations: dict[str, str], claim_name: str) -> tuple[str, Event] | None:
+    def follow(self, ctx: Context, dv: Body, pvc: Body) -> tuple[Phase, Event] | None:
         """The DataVolume phase (and its event) the worker's state on the PVC implies, if any."""
+
+    def running_annotations(self, annotations: dict[str, str]) -> dict[str, str]:
+        """The PVC annotations the Running condition is read from (``condition.running*`` keys)."""
+
+    def progress_pod(self, pvc: Body) -> tuple[str, str] | None:
+        """(namespace, name) of the pod whose metric gives the progress."""

@@ -13,7 +13,9 @@ from typing import Any
 
 from .. import annotations as ann
 from ..config import ControllerConfig
-from .flow import Event
+from ..context import Context
+from ..phases import EventType, Phase
+from .flow import Claim, Event, Wait
 
 SERVED = ("http", "s3", "registry", "blank")
 
@@ -56,7 +58,7 @@ def source_annotations(kind: str, source: dict[str, Any]) -> dict[str, str]:
 
 class ImportFlow:
     component = "datavolume-import-controller"
-    progress_phase: str | None = "ImportInProgress"
+    progress_phase: Phase | None = Phase.IMPORT_IN_PROGRESS
     pod_annotation = ann.IMPORT_POD_NAME
 
     def refusal(self, dv: dict[str, Any]) -> tuple[str, str] | None:
@@ -66,6 +68,19 @@ class ImportFlow:
         if kind == "registry" and not source.get("url"):
             return "UnsupportedSource", "registry imports from an imageStream are not supported; give a url"
         return None
+
+    def prepare(self, ctx: Context, dv: dict[str, Any], spec: dict[str, Any]) -> Claim | Wait:
+        return Claim(spec, self.claim_annotations(dv, ctx.config()))
+
+    def follow(self, ctx: Context, dv: dict[str, Any], pvc: dict[str, Any]) -> tuple[Phase, Event] | None:
+        return self.worker_phase(pvc["metadata"].get("annotations") or {}, pvc["metadata"]["name"])
+
+    def running_annotations(self, annotations: dict[str, str]) -> dict[str, str]:
+        return annotations
+
+    def progress_pod(self, pvc: dict[str, Any]) -> tuple[str, str] | None:
+        name = (pvc["metadata"].get("annotations") or {}).get(self.pod_annotation)
+        return (pvc["metadata"]["namespace"], name) if name else None
 
     def claim_annotations(self, dv: dict[str, Any], config: ControllerConfig) -> dict[str, str]:
         kind, source = source_of(dv)
@@ -77,15 +92,15 @@ class ImportFlow:
                                                else bool(preallocation)).lower()
         return out
 
-    def worker_phase(self, annotations: dict[str, str], claim_name: str) -> tuple[str, Event] | None:
+    def worker_phase(self, annotations: dict[str, str], claim_name: str) -> tuple[Phase, Event] | None:
         if annotations.get(ann.FATAL_ERROR) == "true":
             why = annotations.get(ann.RUNNING_CONDITION_MESSAGE, "")
-            return "Failed", Event("Warning", "ImportFailed", f"Failed to import into PVC {claim_name}: {why}")
+            return Phase.FAILED, Event(EventType.WARNING, "ImportFailed", f"Failed to import into PVC {claim_name}: {why}")
         phase = annotations.get(ann.POD_PHASE)
         if phase == "Succeeded":
-            return "Succeeded", Event("Normal", "ImportSucceeded", f"Successfully imported into PVC {claim_name}")
+            return Phase.SUCCEEDED, Event(EventType.NORMAL, "ImportSucceeded", f"Successfully imported into PVC {claim_name}")
         if phase == "Running":
-            return "ImportInProgress", Event("Normal", "ImportInProgress", f"Import into {claim_name} in progress")
+            return Phase.IMPORT_IN_PROGRESS, Event(EventType.NORMAL, "ImportInProgress", f"Import into {claim_name} in progress")
         if phase in ("Pending", "Failed") or ann.IMPORT_POD_NAME in annotations:
-            return "ImportScheduled", Event("Normal", "ImportScheduled", f"Import into {claim_name} scheduled")
+            return Phase.IMPORT_SCHEDULED, Event(EventType.NORMAL, "ImportScheduled", f"Import into {claim_name} scheduled")
         return None

@@ -14,7 +14,9 @@ from typing import Any
 
 from .. import annotations as ann
 from ..config import ControllerConfig
-from .flow import Event
+from ..context import Context
+from ..phases import EventType, Phase
+from .flow import Claim, Event, Wait
 
 NOT_CONFIGURED = ("UploadNotConfigured",
                   "this controller has no upload-server CA (UPLOADSERVER_CA_CERT_FILE/UPLOADSERVER_CA_KEY_FILE "
@@ -23,7 +25,7 @@ NOT_CONFIGURED = ("UploadNotConfigured",
 
 class UploadFlow:
     component = "datavolume-upload-controller"
-    progress_phase: str | None = "UploadReady"
+    progress_phase: Phase | None = Phase.UPLOAD_READY
     """While the upload runs the server reports how far it got (CDI shows N/A for uploads)."""
     pod_annotation = ann.UPLOAD_POD_NAME
 
@@ -32,6 +34,19 @@ class UploadFlow:
 
     def refusal(self, dv: dict[str, Any]) -> tuple[str, str] | None:
         return None if self.configured else NOT_CONFIGURED
+
+    def prepare(self, ctx: Context, dv: dict[str, Any], spec: dict[str, Any]) -> Claim | Wait:
+        return Claim(spec, self.claim_annotations(dv, ctx.config()))
+
+    def follow(self, ctx: Context, dv: dict[str, Any], pvc: dict[str, Any]) -> tuple[Phase, Event] | None:
+        return self.worker_phase(pvc["metadata"].get("annotations") or {}, pvc["metadata"]["name"])
+
+    def running_annotations(self, annotations: dict[str, str]) -> dict[str, str]:
+        return annotations
+
+    def progress_pod(self, pvc: dict[str, Any]) -> tuple[str, str] | None:
+        name = (pvc["metadata"].get("annotations") or {}).get(self.pod_annotation)
+        return (pvc["metadata"]["namespace"], name) if name else None
 
     def claim_annotations(self, dv: dict[str, Any], config: ControllerConfig) -> dict[str, str]:
         spec = dv.get("spec") or {}
@@ -43,12 +58,12 @@ class UploadFlow:
                                              else bool(preallocation)).lower(),
         }
 
-    def worker_phase(self, annotations: dict[str, str], claim_name: str) -> tuple[str, Event] | None:
+    def worker_phase(self, annotations: dict[str, str], claim_name: str) -> tuple[Phase, Event] | None:
         phase = annotations.get(ann.POD_PHASE)
         if phase == "Succeeded":
-            return "Succeeded", Event("Normal", "UploadSucceeded", f"Successfully uploaded into {claim_name}")
+            return Phase.SUCCEEDED, Event(EventType.NORMAL, "UploadSucceeded", f"Successfully uploaded into {claim_name}")
         if phase == "Running" and annotations.get(ann.POD_READY) == "true":
-            return "UploadReady", Event("Normal", "UploadReady", f"Upload into {claim_name} ready")
+            return Phase.UPLOAD_READY, Event(EventType.NORMAL, "UploadReady", f"Upload into {claim_name} ready")
         if phase is not None or ann.UPLOAD_POD_NAME in annotations:
-            return "UploadScheduled", Event("Normal", "UploadScheduled", f"Upload into {claim_name} scheduled")
+            return Phase.UPLOAD_SCHEDULED, Event(EventType.NORMAL, "UploadScheduled", f"Upload into {claim_name} scheduled")
         return None
