@@ -1,0 +1,224 @@
+"""Clones end to end: the deployed controller on the real cluster, the CSI driver's snapshots and
+clones, and (for host-assisted copies) the cloner and upload-server pods from our images.
+
+Behaviours under test (CDI's, ref section 5, and issue 11):
+- a snapshot clone and a csi-clone in one namespace, with ``storage`` giving no size: the target
+  is sized from the source, has the source's bytes, records ``cloneType``, and the temporary
+  snapshot is gone afterwards;
+- a snapshot clone across namespaces (the snapshot imported through a retained content);
+- a clone whose source does not exist yet waits (``CloneWithoutSource``) and runs once it does;
+- a source used by a running pod makes a smart clone wait with ``SmartCloneSourceInUse``;
+- a target smaller than its source fails at once with CDI's message (a permanent error);
+- a DataVolume over an existing PVC with ``allowClaimAdoption`` adopts it and Succeeds, and one
+  marked ``prePopulated`` Succeeds without touching it;
+- ``sourceRef`` to a DataSource clones what the DataSource names;
+- StorageProfiles report the VolumeSnapshotClass of their driver and the snapshot strategy.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from kubeenv.cluster import Cluster
+from kubeenv.node import csi
+from tests.controller.conftest import GROUP, VERSION, Controller, wait_for
+from tests.controller.dvs import condition, create_dv, events_for, get_dv, sha256_prefix, volume_path
+from tests.kube.fixtures import make_namespace
+from tests.servers.images import Image
+from tests.servers.nginx import Nginx
+
+A = "cdi.kubevirt.io"
+IMAGE = "disk.qcow2"
+
+
+def succeeded(custom: client.CustomObjectsApi, ns: str, name: str, controller: Controller,
+              timeout: float = 180) -> dict[str, Any]:
+    def done() -> dict[str, Any] | None:
+        dv = get_dv(custom, ns, name)
+        status = (dv or {}).get("status") or {}
+        assert status.get("phase") != "Failed", status
+        return dv if status.get("phase") == "Succeeded" else None
+    result: dict[str, Any] = wait_for(f"{name} Succeeded", done, timeout, controller)
+    return result
+
+
+def set_strategy(custom: client.CustomObjectsApi, strategy: str | None) -> None:
+    """What an admin does to pick a clone strategy for a class: the StorageProfile's spec."""
+    custom.patch_cluster_custom_object(GROUP, VERSION, "storageprofiles", csi.CLASS_IMMEDIATE,
+                                       {"spec": {"cloneStrategy": strategy}})
+    wanted = strategy or "snapshot"
+    wait_for(f"profile strategy {wanted}", lambda: custom.get_cluster_custom_object(
+        GROUP, VERSION, "storageprofiles", csi.CLASS_IMMEDIATE).get("status", {}).get("cloneStrategy") == wanted, 30)
+
+
+@pytest.fixture
+def strategy(custom: client.CustomObjectsApi) -> Iterator[Any]:
+    yield lambda value: set_strategy(custom, value)
+    set_strategy(custom, None)
+
+
+@pytest.fixture
+def golden(core: client.CoreV1Api, custom: client.CustomObjectsApi, pod_nginx: Nginx, controller: Controller
+           ) -> Iterator[str]:
+    """A namespace holding an imported disk ``disk`` (the golden image)."""
+    name = make_namespace(core, "golden")
+    core.patch_namespace(name, {"metadata": {"labels": {"pod-security.kubernetes.io/enforce": "restricted"}}})
+    create_dv(custom, name, "disk", {"http": {"url": f"{pod_nginx.http}/{IMAGE}"}}, size="64Mi")
+    succeeded(custom, name, "disk", controller)
+    yield name
+    core.delete_namespace(name)
+
+
+def same_bytes(core: client.CoreV1Api, images: dict[str, Image], ns: str, claim: str) -> bool:
+    image = images[IMAGE]
+    return sha256_prefix(volume_path(core, ns, claim), image.raw_size) == image.raw_sha256
+
+
+def snapshots(custom: client.CustomObjectsApi, ns: str) -> list[str]:
+    listing = custom.list_namespaced_custom_object("snapshot.storage.k8s.io", "v1", ns, "volumesnapshots")
+    return [item["metadata"]["name"] for item in listing["items"]]
+
+
+def test_profile_reports_the_snapshot_class_and_strategy(custom: client.CustomObjectsApi, controller: Controller) -> None:
+    status = wait_for("profile snapshot class", lambda: (p := custom.get_cluster_custom_object(
+        GROUP, VERSION, "storageprofiles", csi.CLASS_IMMEDIATE).get("status", {})).get("snapshotClass") and p, 30)
+    assert status["snapshotClass"] == csi.SNAPSHOT_CLASS and status["cloneStrategy"] == "snapshot"
+
+
+def test_snapshot_clone_in_one_namespace_sized_from_the_source(
+        custom: client.CustomObjectsApi, core: client.CoreV1Api, golden: str, images: dict[str, Image],
+        controller: Controller, strategy: Any) -> None:
+    strategy("snapshot")
+    create_dv(custom, golden, "copy", {"pvc": {"name": "disk"}}, storage={})
+    dv = succeeded(custom, golden, "copy", controller)
+    assert dv["status"]["progress"] == "100.0%" and condition(dv, "Ready")["status"] == "True"
+    pvc = core.read_namespaced_persistent_volume_claim("copy", golden)
+    source = core.read_namespaced_persistent_volume_claim("disk", golden)
+    assert pvc.metadata.annotations[f"{A}/cloneType"] == "snapshot"
+    assert pvc.spec.data_source.kind == "VolumeSnapshot"
+    assert pvc.spec.resources.requests["storage"] == source.spec.resources.requests["storage"]
+    assert same_bytes(core, images, golden, "copy")
+    wait_for("the temporary snapshot removed", lambda: snapshots(custom, golden) == [], 60)
+    assert "CloneSucceeded" in [reason for _, reason, _ in events_for(core, golden, "copy")]
+
+
+def test_csi_clone(custom: client.CustomObjectsApi, core: client.CoreV1Api, golden: str, images: dict[str, Image],
+                   controller: Controller, strategy: Any) -> None:
+    strategy("csi-clone")
+    create_dv(custom, golden, "cloned", {"pvc": {"name": "disk"}}, size="64Mi")
+    succeeded(custom, golden, "cloned", controller)
+    pvc = core.read_namespaced_persistent_volume_claim("cloned", golden)
+    assert pvc.metadata.annotations[f"{A}/cloneType"] == "csi-clone"
+    assert pvc.spec.data_source.kind == "PersistentVolumeClaim" and pvc.spec.data_source.name == "disk"
+    assert same_bytes(core, images, golden, "cloned")
+
+
+def test_snapshot_clone_across_namespaces(custom: client.CustomObjectsApi, core: client.CoreV1Api, golden: str,
+                                          ns: str, images: dict[str, Image], controller: Controller,
+                                          strategy: Any, admitted_clone: Any) -> None:
+    strategy("snapshot")
+    admitted_clone(ns, "vm-root", {"pvc": {"namespace": golden, "name": "disk"}})
+    succeeded(custom, ns, "vm-root", controller)
+    assert core.read_namespaced_persistent_volume_claim("vm-root", ns).metadata.annotations[f"{A}/cloneType"] == \
+        "snapshot"
+    assert same_bytes(core, images, ns, "vm-root")
+    wait_for("temporary snapshots removed", lambda: snapshots(custom, golden) == [] and snapshots(custom, ns) == [], 60)
+    contents = custom.list_cluster_custom_object("snapshot.storage.k8s.io", "v1", "volumesnapshotcontents")["items"]
+    assert not [c for c in contents if c["metadata"]["name"].startswith("cdi-tmp-")]
+
+
+def test_clone_waits_for_its_source(custom: client.CustomObjectsApi, core: client.CoreV1Api, ns: str,
+                                    pod_nginx: Nginx, images: dict[str, Image], controller: Controller) -> None:
+    create_dv(custom, ns, "early", {"pvc": {"name": "later"}}, size="64Mi")
+    dv = wait_for("waiting for the source", lambda: (d := get_dv(custom, ns, "early")) and
+                  condition(d, "Running").get("reason") == "CloneWithoutSource" and d, 60, controller)
+    assert dv["status"]["phase"] == "Pending" and "later" in condition(dv, "Running")["message"]
+    assert core.list_namespaced_persistent_volume_claim(ns).items == []
+    create_dv(custom, ns, "later", {"http": {"url": f"{pod_nginx.http}/{IMAGE}"}}, size="64Mi")
+    succeeded(custom, ns, "early", controller)
+    assert same_bytes(core, images, ns, "early")
+
+
+def test_smart_clone_waits_while_the_source_is_in_use(
+        custom: client.CustomObjectsApi, core: client.CoreV1Api, golden: str, cluster: Cluster,
+        images: dict[str, Image], controller: Controller, strategy: Any) -> None:
+    strategy("snapshot")
+    core.create_namespaced_pod(golden, user_of("disk", cluster.images["pause"]))
+    wait_for("the user pod running", lambda: core.read_namespaced_pod("vm", golden).status.phase == "Running", 60)
+    create_dv(custom, golden, "busy", {"pvc": {"name": "disk"}}, size="64Mi")
+    wait_for("SmartCloneSourceInUse", lambda: condition(get_dv(custom, golden, "busy") or {}, "Running")
+             .get("reason") == "SmartCloneSourceInUse", 60, controller)
+    assert ("Warning", "SmartCloneSourceInUse") in [(t, r) for t, r, _ in events_for(core, golden, "busy")]
+    assert snapshots(custom, golden) == []
+    core.delete_namespaced_pod("vm", golden, grace_period_seconds=0)
+    succeeded(custom, golden, "busy", controller)
+    assert same_bytes(core, images, golden, "busy")
+
+
+def user_of(claim: str, image: str) -> dict[str, Any]:
+    """A pod that keeps ``claim`` mounted (a stand-in for a running VM), fit for ``restricted``."""
+    security = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}, "runAsNonRoot": True,
+                "runAsUser": 107, "seccompProfile": {"type": "RuntimeDefault"}}
+    return {"metadata": {"name": "vm"},
+            "spec": {"containers": [{"name": "vm", "image": image, "securityContext": security,
+                                     "volumeMounts": [{"name": "disk", "mountPath": "/disk"}]}],
+                     "volumes": [{"name": "disk", "persistentVolumeClaim": {"claimName": claim}}]}}
+
+
+def test_target_smaller_than_source_fails_once_with_cdis_message(
+        custom: client.CustomObjectsApi, core: client.CoreV1Api, golden: str, controller: Controller) -> None:
+    create_dv(custom, golden, "tiny", {"pvc": {"name": "disk"}}, size="16Mi")
+    dv = wait_for("tiny Failed", lambda: (d := get_dv(custom, golden, "tiny")) and
+                  (d.get("status") or {}).get("phase") == "Failed" and d, 60, controller)
+    running = condition(dv, "Running")
+    assert running["reason"] == "CloneValidationFailed"
+    assert running["message"] == "target resources requests storage size is smaller than the source"
+    assert [r for _, r, _ in events_for(core, golden, "tiny")].count("CloneValidationFailed") == 1
+    assert core.list_namespaced_persistent_volume_claim(golden, field_selector="metadata.name=tiny").items == []
+
+
+def bare_claim(core: client.CoreV1Api, ns: str, name: str) -> None:
+    core.create_namespaced_persistent_volume_claim(ns, {
+        "metadata": {"name": name},
+        "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": csi.CLASS_IMMEDIATE,
+                 "resources": {"requests": {"storage": "16Mi"}}}})
+
+
+def test_claim_adoption_and_prepopulated(custom: client.CustomObjectsApi, core: client.CoreV1Api, ns: str,
+                                         controller: Controller) -> None:
+    bare_claim(core, ns, "adopted")
+    bare_claim(core, ns, "mine")
+    bare_claim(core, ns, "taken")
+    create_dv(custom, ns, "adopted", {"blank": {}}, annotations={f"{A}/allowClaimAdoption": "true"})
+    create_dv(custom, ns, "mine", {"blank": {}}, annotations={f"{A}/storage.prePopulated": "true"})
+    create_dv(custom, ns, "taken", {"blank": {}})
+    dv = succeeded(custom, ns, "adopted", controller)
+    assert dv["status"]["claimName"] == "adopted"
+    owners = core.read_namespaced_persistent_volume_claim("adopted", ns).metadata.owner_references
+    assert [(o.kind, o.name) for o in owners] == [("DataVolume", "adopted")]
+    succeeded(custom, ns, "mine", controller)
+    assert not core.read_namespaced_persistent_volume_claim("mine", ns).metadata.owner_references
+    taken = wait_for("taken refused", lambda: (d := get_dv(custom, ns, "taken")) and
+                     condition(d, "Running").get("reason") == "ErrResourceExists" and d, 60, controller)
+    assert taken["status"]["phase"] == "Pending"
+    assert core.list_namespaced_pod(ns).items == []
+
+
+def test_sourceref_clones_what_the_datasource_names(
+        custom: client.CustomObjectsApi, core: client.CoreV1Api, golden: str, images: dict[str, Image],
+        controller: Controller, strategy: Any) -> None:
+    strategy("csi-clone")
+    custom.create_namespaced_custom_object(GROUP, VERSION, golden, "datasources", {
+        "apiVersion": f"{GROUP}/{VERSION}", "kind": "DataSource", "metadata": {"name": "fedora"},
+        "spec": {"source": {"pvc": {"namespace": golden, "name": "disk"}}}})
+    body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "DataVolume", "metadata": {"name": f"vm-{uuid.uuid4().hex[:6]}"},
+            "spec": {"sourceRef": {"kind": "DataSource", "name": "fedora"},
+                     "storage": {"resources": {"requests": {"storage": "64Mi"}}}}}
+    name = custom.create_namespaced_custom_object(GROUP, VERSION, golden, "datavolumes", body)["metadata"]["name"]
+    succeeded(custom, golden, name, controller)
+    assert same_bytes(core, images, golden, name)
