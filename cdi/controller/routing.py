@@ -45,6 +45,9 @@ def keys_for(cache: ObjectCache, resource: Resource, body: Body) -> Iterator[Key
     namespace, name = _meta(body)
     if resource == res.DATAVOLUME:
         yield Key(Reconciler.DATAVOLUME, namespace, name)
+        # a clone of this DataVolume's PVC waits for it to succeed
+        for dv in cache.select(res.DATAVOLUME, lambda d: _clone_source(d, "pvc") == (namespace, name)):
+            yield Key(Reconciler.DATAVOLUME, *dv)
     elif resource == res.PVC:
         yield from _claim_keys(cache, body, namespace, name)
     elif resource == res.POD:

@@ -94,7 +94,7 @@ def test_snapshot_clone_in_one_namespace_sized_from_the_source(
         custom: client.CustomObjectsApi, core: client.CoreV1Api, golden: str, images: dict[str, Image],
         controller: Controller, strategy: Any) -> None:
     strategy("snapshot")
-    create_dv(custom, golden, "copy", {"pvc": {"name": "disk"}}, storage={})
+    create_dv(custom, golden, "copy", {"pvc": {"namespace": golden, "name": "disk"}}, storage={})
     dv = succeeded(custom, golden, "copy", controller)
     assert dv["status"]["progress"] == "100.0%" and condition(dv, "Ready")["status"] == "True"
     pvc = core.read_namespaced_persistent_volume_claim("copy", golden)
@@ -110,7 +110,7 @@ def test_snapshot_clone_in_one_namespace_sized_from_the_source(
 def test_csi_clone(custom: client.CustomObjectsApi, core: client.CoreV1Api, golden: str, images: dict[str, Image],
                    controller: Controller, strategy: Any) -> None:
     strategy("csi-clone")
-    create_dv(custom, golden, "cloned", {"pvc": {"name": "disk"}}, size="64Mi")
+    create_dv(custom, golden, "cloned", {"pvc": {"namespace": golden, "name": "disk"}}, size="64Mi")
     succeeded(custom, golden, "cloned", controller)
     pvc = core.read_namespaced_persistent_volume_claim("cloned", golden)
     assert pvc.metadata.annotations[f"{A}/cloneType"] == "csi-clone"
@@ -134,7 +134,7 @@ def test_snapshot_clone_across_namespaces(custom: client.CustomObjectsApi, core:
 
 def test_clone_waits_for_its_source(custom: client.CustomObjectsApi, core: client.CoreV1Api, ns: str,
                                     pod_nginx: Nginx, images: dict[str, Image], controller: Controller) -> None:
-    create_dv(custom, ns, "early", {"pvc": {"name": "later"}}, size="64Mi")
+    create_dv(custom, ns, "early", {"pvc": {"namespace": ns, "name": "later"}}, size="64Mi")
     dv = wait_for("waiting for the source", lambda: (d := get_dv(custom, ns, "early")) and
                   condition(d, "Running").get("reason") == "CloneWithoutSource" and d, 60, controller)
     assert dv["status"]["phase"] == "Pending" and "later" in condition(dv, "Running")["message"]
@@ -150,7 +150,7 @@ def test_smart_clone_waits_while_the_source_is_in_use(
     strategy("snapshot")
     core.create_namespaced_pod(golden, user_of("disk", cluster.images["pause"]))
     wait_for("the user pod running", lambda: core.read_namespaced_pod("vm", golden).status.phase == "Running", 60)
-    create_dv(custom, golden, "busy", {"pvc": {"name": "disk"}}, size="64Mi")
+    create_dv(custom, golden, "busy", {"pvc": {"namespace": golden, "name": "disk"}}, size="64Mi")
     wait_for("SmartCloneSourceInUse", lambda: condition(get_dv(custom, golden, "busy") or {}, "Running")
              .get("reason") == "SmartCloneSourceInUse", 60, controller)
     assert ("Warning", "SmartCloneSourceInUse") in [(t, r) for t, r, _ in events_for(core, golden, "busy")]
@@ -172,7 +172,7 @@ def user_of(claim: str, image: str) -> dict[str, Any]:
 
 def test_target_smaller_than_source_fails_once_with_cdis_message(
         custom: client.CustomObjectsApi, core: client.CoreV1Api, golden: str, controller: Controller) -> None:
-    create_dv(custom, golden, "tiny", {"pvc": {"name": "disk"}}, size="16Mi")
+    create_dv(custom, golden, "tiny", {"pvc": {"namespace": golden, "name": "disk"}}, size="16Mi")
     dv = wait_for("tiny Failed", lambda: (d := get_dv(custom, golden, "tiny")) and
                   (d.get("status") or {}).get("phase") == "Failed" and d, 60, controller)
     running = condition(dv, "Running")

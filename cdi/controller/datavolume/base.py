@@ -59,8 +59,8 @@ def reconcile(ctx: Context, namespace: str, name: str) -> float | None:
         return None
     pvc = ctx.cache.get(res.PVC, namespace, name)
     if pvc is None:
-        if status.get("phase") == Phase.FAILED.value:
-            return None
+        if Phase(status.get("phase") or "").terminal:
+            return None  # a finished DataVolume whose claim went (a namespace being deleted) stays finished
         if _annotation(dv, ann.PRE_POPULATED):
             _pending(status, Reason.PENDING, f"waiting for the pre-populated PVC {name}")
             _finish(ctx, dv, before, status, flow.component, None)
