@@ -3,6 +3,8 @@ CDIConfig, and the controller's own settings."""
 
 from __future__ import annotations
 
+import datetime
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from . import resources as res
@@ -28,6 +30,8 @@ class Context:
     too (CDI retries forever; a permanent error fails it after the first)."""
     clone_keys: Keys = field(default_factory=lambda: Keys(b"", None))
     """What validates clone tokens (the apiserver's public key) and signs the extended ones."""
+    clock: Callable[[], datetime.datetime] = lambda: datetime.datetime.now(datetime.timezone.utc)
+    """Now, for schedules (DataImportCron); a test may move it."""
     poll_seconds: float = 2.0
     """How often progress is read from a running importer, as CDI does."""
 

@@ -21,8 +21,9 @@ import kopf
 from kubernetes import client
 
 from . import annotations as ann
-from . import datavolume, profiles, pvc_clone, pvc_import, pvc_upload, routing
+from . import datasource, datavolume, profiles, pvc_clone, pvc_import, pvc_upload, routing
 from .context import CONFIG_NAME, Context
+from .cron import reconciler as cron
 from .errors import PermanentError
 from .keys import Key, Reconciler
 from .resources import POD, WATCHED, Resource
@@ -43,6 +44,8 @@ ROUTES: dict[Reconciler, Route] = {
     Reconciler.IMPORT: Route(pvc_import.reconcile),
     Reconciler.UPLOAD: Route(pvc_upload.reconcile),
     Reconciler.CLONE: Route(pvc_clone.reconcile, pvc_clone.fail),
+    Reconciler.DATASOURCE: Route(datasource.reconcile),
+    Reconciler.CRON: Route(cron.reconcile),
     Reconciler.STORAGE_PROFILE: Route(profiles.reconcile_profile),
     Reconciler.CONFIG: Route(profiles.reconcile_config),
 }

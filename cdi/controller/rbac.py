@@ -53,20 +53,22 @@ SNAPSHOT = "snapshot.storage.k8s.io"
 READ = ["get", "list", "watch"]
 
 RULES: tuple[PolicyRule, ...] = (
-    # DataVolumes are the reconciled objects; kopf stores handler progress in their annotations (patch); no finalizers
-    PolicyRule(apiGroups=[CDI], resources=["datavolumes"], verbs=[*READ, "update", "patch"]),
+    # DataVolumes are the reconciled objects (annotated with the clone plan and token); DataImportCrons create
+    # one per version of their source and delete outdated ones
+    PolicyRule(apiGroups=[CDI], resources=["datavolumes"], verbs=[*READ, "create", "update", "patch", "delete"]),
     # phase, progress, restartCount and conditions go through the status subresource
     PolicyRule(apiGroups=[CDI], resources=["datavolumes/status"], verbs=["get", "update", "patch"]),
-    # sourceRef resolution; DataSource has no status subresource, so its Ready condition is a patch on the object
-    PolicyRule(apiGroups=[CDI], resources=["datasources"], verbs=[*READ, "patch"]),
+    # sourceRef resolution; a DataImportCron's managed DataSource is created and repointed; DataSource has no
+    # status subresource, so its Ready condition is a patch on the object
+    PolicyRule(apiGroups=[CDI], resources=["datasources"], verbs=[*READ, "create", "patch"]),
     # one StorageProfile per StorageClass, created and kept in step by the controller
     PolicyRule(apiGroups=[CDI], resources=["storageprofiles"], verbs=[*READ, "create", "update", "patch"]),
     # the profile's resolved claimPropertySets/provisioner live in its status subresource
     PolicyRule(apiGroups=[CDI], resources=["storageprofiles/status"], verbs=["update", "patch"]),
     # the singleton `config`: read for defaults, created if missing, status resolved in place (no subresource)
     PolicyRule(apiGroups=[CDI], resources=["cdiconfigs"], verbs=[*READ, "create", "update", "patch"]),
-    # DataImportCrons are read only (their DVs will be created by a later cron controller)
-    PolicyRule(apiGroups=[CDI], resources=["dataimportcrons"], verbs=READ),
+    # DataImportCrons: polled on schedule; their status has no subresource, so it is a patch on the object
+    PolicyRule(apiGroups=[CDI], resources=["dataimportcrons"], verbs=[*READ, "patch"]),
     # the target PVC: created from the DV, annotated with the import source and pod state, deleted on failure
     PolicyRule(apiGroups=[CORE], resources=["persistentvolumeclaims"],
                verbs=[*READ, "create", "update", "patch", "delete"]),

@@ -57,9 +57,10 @@ SECRET = Resource("Secret", "", "v1", "secrets", True, cached=False)
 EVENT = Resource("Event", "", "v1", "events", True, cached=False)
 STORAGECLASS = Resource("StorageClass", "storage.k8s.io", "v1", "storageclasses", False)
 VOLUMESNAPSHOT = Resource("VolumeSnapshot", SNAPSHOT_GROUP, "v1", "volumesnapshots", True)
+DATAIMPORTCRON = Resource("DataImportCron", GROUP, VERSION, "dataimportcrons", True)
 VOLUMESNAPSHOTCLASS = Resource("VolumeSnapshotClass", SNAPSHOT_GROUP, "v1", "volumesnapshotclasses", False)
 
-WATCHED: tuple[Resource, ...] = (DATAVOLUME, DATASOURCE, PVC, POD, STORAGECLASS, STORAGEPROFILE, CDICONFIG, CDI,
+WATCHED: tuple[Resource, ...] = (DATAVOLUME, DATASOURCE, DATAIMPORTCRON, PVC, POD, STORAGECLASS, STORAGEPROFILE, CDICONFIG, CDI,
                                  VOLUMESNAPSHOT, VOLUMESNAPSHOTCLASS)
 """What the controller's cache holds, each filled by one watch."""
 VOLUMESNAPSHOTCONTENT = Resource("VolumeSnapshotContent", SNAPSHOT_GROUP, "v1", "volumesnapshotcontents", False)

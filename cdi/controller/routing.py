@@ -16,6 +16,7 @@ from . import annotations as ann
 from . import resources as res
 from .cache import ObjectCache
 from .context import CONFIG_NAME
+from .cron.imports import CRON_LABEL
 from .keys import Key, Reconciler
 from .resources import Resource
 
@@ -48,6 +49,12 @@ def keys_for(cache: ObjectCache, resource: Resource, body: Body) -> Iterator[Key
         # a clone of this DataVolume's PVC waits for it to succeed
         for dv in cache.select(res.DATAVOLUME, lambda d: _clone_source(d, "pvc") == (namespace, name)):
             yield Key(Reconciler.DATAVOLUME, *dv)
+        yield from _data_sources_naming(cache, "pvc", namespace, name)
+        cron = ((body.get("metadata") or {}).get("labels") or {}).get(CRON_LABEL)
+        if cron:
+            yield Key(Reconciler.CRON, namespace, cron)
+    elif resource == res.DATAIMPORTCRON:
+        yield Key(Reconciler.CRON, namespace, name)
     elif resource == res.PVC:
         yield from _claim_keys(cache, body, namespace, name)
     elif resource == res.POD:
@@ -64,7 +71,10 @@ def keys_for(cache: ObjectCache, resource: Resource, body: Body) -> Iterator[Key
             yield Key(Reconciler.STORAGE_PROFILE, "", _meta(storage_class)[1])
     elif resource == res.VOLUMESNAPSHOT:
         yield from _snapshot_keys(cache, body, namespace, name)
+        yield from _data_sources_naming(cache, "snapshot", namespace, name)
     elif resource == res.DATASOURCE:
+        yield Key(Reconciler.DATASOURCE, namespace, name)
+        yield from _data_sources_naming(cache, "dataSource", namespace, name)
         yield from _referring_datavolumes(cache, namespace, name)
 
 
@@ -78,6 +88,7 @@ def _claim_keys(cache: ObjectCache, pvc: Body, namespace: str, name: str) -> Ite
         yield Key(Reconciler.CLONE, namespace, name)
     for owner in _owners(pvc, "DataVolume"):
         yield Key(Reconciler.DATAVOLUME, namespace, owner)
+    yield from _data_sources_naming(cache, "pvc", namespace, name)
     # a clone waits for its source to exist, be populated and be free
     reference = f"{namespace}/{name}"
     for target in cache.select(res.PVC, lambda t: _annotations(t).get(ann.CLONE_REQUEST) == reference):
@@ -125,3 +136,13 @@ def _referring_datavolumes(cache: ObjectCache, namespace: str, name: str) -> Ite
             (ref.get("namespace") or _meta(dv)[0]) == namespace
     for dv in cache.select(res.DATAVOLUME, refers):
         yield Key(Reconciler.DATAVOLUME, *dv)
+
+
+def _data_sources_naming(cache: ObjectCache, kind: str, namespace: str, name: str) -> Iterator[Key]:
+    """DataSources whose ``spec.source.<kind>`` is this object (their namespace by default)."""
+    def names(data_source: Body) -> bool:
+        ref = ((data_source.get("spec") or {}).get("source") or {}).get(kind)
+        return isinstance(ref, dict) and ref.get("name") == name and \
+            (ref.get("namespace") or _meta(data_source)[0]) == namespace
+    for found in cache.select(res.DATASOURCE, names):
+        yield Key(Reconciler.DATASOURCE, *found)

@@ -31,6 +31,7 @@ from kubeenv.controlplane import ControlPlane
 from kubeenv.node import Node, csi
 from tests.controller import dvs
 from tests.kube.fixtures import make_namespace
+from tests.servers.relay import TcpRelay
 from tests.kube.fixtures import wait_for as poll
 from tests.servers.images import Image
 from tests.servers.nginx import Nginx, start_nginx
@@ -188,6 +189,21 @@ def ns(core: client.CoreV1Api, controller: Controller) -> Iterator[str]:
     core.patch_namespace(name, {"metadata": {"labels": {"pod-security.kubernetes.io/enforce": "restricted"}}})
     yield name
     core.delete_namespace(name)
+
+
+@pytest.fixture
+def relay_to(node: Node) -> Iterator[object]:
+    """relay_to("http://127.0.0.1:port") gives node_ip:port, which pods can reach (a TCP relay)."""
+    relays: list[TcpRelay] = []
+
+    def make(target: str) -> str:
+        host, port = target.split("://", 1)[-1].rsplit(":", 1)
+        relay = TcpRelay(node.node_ip, (host, int(port.split("/", 1)[0])))
+        relays.append(relay)
+        return relay.address
+    yield make
+    for relay in relays:
+        relay.close()
 
 
 # -- helpers for the tests ----------------------------------------------------------------------

@@ -202,3 +202,35 @@ def test_a_cloner_pod_event_wakes_its_target() -> None:
                         "labels": {ann.COMPONENT_LABEL: ann.CLONER_COMPONENT},
                         "annotations": {ann.CLONE_TARGET: "team/vm-root"}}}
     assert list(keys_for(ObjectCache(), res.POD, pod)) == [Key(Reconciler.CLONE, "team", "vm-root")]
+
+
+# -- DataImportCron schedules (the real croniter) ---------------------------------------------------
+
+def test_cron_schedule_is_parsed_by_croniter_and_due_when_it_fired() -> None:
+    import datetime as dt
+
+    from cdi.controller.cron import schedule
+    utc = dt.timezone.utc
+    monday_3am = dt.datetime(2026, 12, 7, 3, 0, tzinfo=utc)
+    assert schedule.next_run("0 3 * * 1", dt.datetime(2026, 12, 4, 12, 0, tzinfo=utc)) == monday_3am
+    with pytest.raises(schedule.BadSchedule):
+        schedule.next_run("every monday", monday_3am)
+    with pytest.raises(schedule.BadSchedule):
+        schedule.next_run("0 3 * * 1 2026", monday_3am)  # six fields: seconds/years are not cron
+    friday = dt.datetime(2026, 12, 4, 12, 0, tzinfo=utc)
+    assert schedule.due("0 3 * * 1", None, None, friday)[0]  # never polled: now
+    not_yet, wait = schedule.due("0 3 * * 1", friday - dt.timedelta(hours=1), None, friday)
+    assert not not_yet and wait == (monday_3am - friday).total_seconds()
+    assert schedule.due("0 3 * * 1", friday - dt.timedelta(days=7), None, friday)[0]  # fired since
+    assert schedule.due("0 3 * * 1", friday - dt.timedelta(hours=1), friday - dt.timedelta(minutes=1), friday)[0]
+    assert schedule.parse_time("2026-12-04T12:00:00Z") == friday
+
+
+def test_import_names_and_pinned_urls() -> None:
+    from cdi.controller.cron.imports import import_name
+    from importer.sources.registry.digest import pinned
+    digest = "sha256:" + "ab" * 32
+    assert import_name({"metadata": {"name": "c"}, "spec": {"managedDataSource": "fedora"}}, digest) == \
+        "fedora-abababababab"
+    assert pinned("docker://reg.example:5000/disks/fedora:latest", digest) == \
+        f"docker://reg.example:5000/disks/fedora@{digest}"

@@ -14,34 +14,16 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from collections.abc import Iterator
 
-import pytest
 from kubernetes import client
 
-from kubeenv.node import Node
 from kubeenv.node.csi import CLASS_IMMEDIATE
 from tests.controller.conftest import Controller, wait_for
 from tests.controller.dvs import create_dv, get_dv, sha256_prefix, volume_path
 from tests.controller.test_import import succeeded
 from tests.servers.images import Image
 from tests.servers.registry import Registry
-from tests.servers.relay import TcpRelay
 from tests.servers.seaweed import SeaweedS3
-
-
-@pytest.fixture
-def relay_to(node: Node) -> Iterator[object]:
-    relays: list[TcpRelay] = []
-
-    def make(target: str) -> str:
-        host, port = target.split("://", 1)[-1].rsplit(":", 1)
-        relay = TcpRelay(node.node_ip, (host, int(port.split("/", 1)[0])))
-        relays.append(relay)
-        return relay.address
-    yield make
-    for relay in relays:
-        relay.close()
 
 
 def test_s3_import_with_secret(custom: client.CustomObjectsApi, core: client.CoreV1Api, ns: str,

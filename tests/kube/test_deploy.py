@@ -62,13 +62,13 @@ CORE = ""
 
 # What the controller needs: (apiGroup, resource, verbs). The ClusterRole must grant exactly this.
 NEEDS: list[tuple[str, str, str]] = [
-    (CDI, "datavolumes", "get list watch update patch"),
+    (CDI, "datavolumes", "get list watch create update patch delete"),
     (CDI, "datavolumes/status", "get update patch"),
-    (CDI, "datasources", "get list watch patch"),
+    (CDI, "datasources", "get list watch create patch"),
     (CDI, "storageprofiles", "get list watch create update patch"),
     (CDI, "storageprofiles/status", "update patch"),
     (CDI, "cdiconfigs", "get list watch create update patch"),
-    (CDI, "dataimportcrons", "get list watch"),
+    (CDI, "dataimportcrons", "get list watch patch"),
     (CORE, "persistentvolumeclaims", "get list watch create update patch delete"),
     (CORE, "pods", "get list watch create delete"),
     (CORE, "events", "create patch"),
@@ -107,12 +107,9 @@ MUST_NOT: list[tuple[str, str, str]] = [
     ("get", CORE, "persistentvolumes"),  # decided: the annotation flow never reads PVs
     ("delete", CORE, "persistentvolumes"),
     ("update", CORE, "configmaps"),
-    ("delete", CDI, "datavolumes"),  # no finalizers; PVCs go with their DV by owner reference
-    ("create", CDI, "datavolumes"),  # not until a DataImportCron controller exists
     ("update", CDI, "datasources/status"),  # no such subresource: status is patched on the object
     ("delete", CDI, "storageprofiles"),
     ("delete", CDI, "cdiconfigs"),
-    ("patch", CDI, "dataimportcrons"),
     ("update", CDI, "cdis"),
     ("patch", "storage.k8s.io", "storageclasses"),
     ("create", "storage.k8s.io", "storageclasses"),

@@ -62,6 +62,11 @@ def clone_source(dv: Body, cache: ObjectCache) -> CloneSource:
     return _direct((spec.get("source") or {}), namespace)
 
 
+def resolve_data_source(cache: ObjectCache, namespace: str, name: str) -> CloneSource:
+    """The PVC or snapshot a DataSource names (through at most one more DataSource)."""
+    return _from_data_source(cache, namespace, name, depth=0)
+
+
 def _direct(source: Body, namespace: str) -> CloneSource:
     for key, kind in (("pvc", SourceKind.PVC), ("snapshot", SourceKind.SNAPSHOT)):
         value = source.get(key)

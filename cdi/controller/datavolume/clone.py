@@ -63,7 +63,7 @@ class CloneFlow:
         except NotAuthorized as error:
             return Wait(Phase.PENDING, error.reason, error.message, EventType.WARNING)
         except NotReady as error:
-            return Wait(Phase.PENDING, error.reason, error.message)
+            return Wait(Phase.PENDING, error.reason, _through_data_source(dv, error.message))
         if extended:
             ctx.kube.patch(res.DATAVOLUME, dv["metadata"]["namespace"], dv["metadata"]["name"],
                            {"metadata": {"annotations": {ann.EXTENDED_CLONE_TOKEN: extended}}})
@@ -134,6 +134,15 @@ class CloneFlow:
     def progress_pod(self, pvc: Body) -> tuple[str, str] | None:
         namespace, _, name = ((pvc["metadata"].get("annotations") or {}).get(ann.CLONE_SOURCE_POD) or "").partition("/")
         return (namespace, name) if namespace and name else None
+
+
+def _through_data_source(dv: Body, message: str) -> str:
+    """A DataVolume cloning through ``sourceRef`` names the DataSource it waits for."""
+    ref = (dv.get("spec") or {}).get("sourceRef") or {}
+    if not ref:
+        return message
+    namespace = ref.get("namespace") or dv["metadata"]["namespace"]
+    return f"DataSource {namespace}/{ref.get('name')} is not ready: {message}"
 
 
 def _ensure_unused(ctx: Context, source: CloneSource) -> None:

@@ -1,0 +1,122 @@
+"""The DataImportCron reconciler: poll on schedule, import new versions, repoint the DataSource.
+
+One pass:
+
+1. if a poll is due (:mod:`.schedule`), read the source's digest (:mod:`.poll`); a new digest
+   makes a new import DataVolume (:mod:`.imports`) and becomes ``currentImports``; a failed poll
+   sets ``UpToDate=False`` with its reason and changes nothing else;
+2. follow the current import: while it runs ``Progressing=True``; once it has Succeeded the
+   managed DataSource points at its PVC, ``lastImportedPVC`` and ``lastImportTimestamp`` move,
+   ``UpToDate=True``, and outdated imports are collected; a failed import sets
+   ``UpToDate=False`` (reason ``ImportFailed``) and the DataSource keeps the last good one;
+3. look again when the schedule next fires (DataVolume events wake it sooner).
+
+The clock is the context's (:attr:`~..context.Context.clock`), so tests can move time.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from typing import Any
+
+from .. import conditions
+from .. import resources as res
+from ..context import Context
+from ..phases import Phase
+from . import imports, schedule
+from .poll import PollFailed, current_version
+
+log = logging.getLogger("cdi.controller.cron")
+
+Body = dict[str, Any]
+LAST_CRON_TIME = "cdi.kubevirt.io/storage.import.lastCronTime"
+UP_TO_DATE, PROGRESSING = "UpToDate", "Progressing"
+
+
+def reconcile(ctx: Context, namespace: str, name: str) -> float | None:
+    cron = ctx.cache.get(res.DATAIMPORTCRON, namespace, name)
+    if cron is None or cron["metadata"].get("deletionTimestamp"):
+        return None
+    before: Body = copy.deepcopy(cron.get("status") or {})
+    status = copy.deepcopy(before)
+    status.setdefault("conditions", [])
+    again = _poll_if_due(ctx, cron, status)
+    _follow_current(ctx, cron, status)
+    if status != before:
+        ctx.kube.patch(res.DATAIMPORTCRON, namespace, name, {"status": status})
+    return again
+
+
+def _poll_if_due(ctx: Context, cron: Body, status: Body) -> float | None:
+    spec = cron.get("spec") or {}
+    now = ctx.clock()
+    requested = schedule.parse_time((cron["metadata"].get("annotations") or {}).get(LAST_CRON_TIME))
+    try:
+        poll_now, wait = schedule.due(str(spec.get("schedule") or ""), schedule.parse_time(
+            status.get("lastExecutionTimestamp")), requested, now)
+    except schedule.BadSchedule as error:
+        conditions.update(status["conditions"], UP_TO_DATE, "False", str(error), "InvalidSchedule")
+        return None
+    if not poll_now:
+        return wait
+    status["lastExecutionTimestamp"] = schedule.format_time(now)
+    try:
+        version = current_version(spec.get("template") or {}, ctx.config().insecure_registries)
+    except PollFailed as failed:
+        conditions.update(status["conditions"], UP_TO_DATE, "False", failed.message, failed.reason)
+        return wait
+    current = (status.get("currentImports") or [{}])[0]
+    if current.get("Digest") != version.digest:
+        name = imports.create_import(ctx, cron, version)
+        status["currentImports"] = [{"DataVolumeName": name, "Digest": version.digest}]
+    return wait
+
+
+def _follow_current(ctx: Context, cron: Body, status: Body) -> None:
+    current = (status.get("currentImports") or [{}])[0]
+    name = current.get("DataVolumeName")
+    if not name:
+        return
+    namespace = cron["metadata"]["namespace"]
+    dv = ctx.cache.get(res.DATAVOLUME, namespace, name)
+    phase = ((dv or {}).get("status") or {}).get("phase") or ""
+    conds = status["conditions"]
+    if phase == Phase.SUCCEEDED.value:
+        conditions.update(conds, PROGRESSING, "False", "No current import", "NoImport")
+        if status.get("lastImportedPVC") != {"namespace": namespace, "name": name}:
+            status["lastImportedPVC"] = {"namespace": namespace, "name": name}
+            status["lastImportTimestamp"] = schedule.format_time(ctx.clock())
+        _point_data_source(ctx, cron, name)
+        conditions.update(conds, UP_TO_DATE, "True", "Latest import is up to date", "UpToDate")
+        imports.collect_garbage(ctx, cron, {name})
+    elif phase == Phase.FAILED.value:
+        running: Body = next((c for c in (dv or {}).get("status", {}).get("conditions", []) if c.get("type") == "Running"),
+                       {})
+        conditions.update(conds, PROGRESSING, "False", "", "ImportFailed")
+        conditions.update(conds, UP_TO_DATE, "False", f"Import {name} failed: {running.get('message', '')}",
+                          "ImportFailed")
+    else:
+        conditions.update(conds, PROGRESSING, "True", f"Import {name} is {phase or 'being created'}", phase or "Pending")
+        conditions.update(conds, UP_TO_DATE, "False", f"Import {name} in progress", "ImportProgressing")
+    status["sourceFormat"] = "pvc"
+
+
+def _point_data_source(ctx: Context, cron: Body, claim: str) -> None:
+    meta = cron["metadata"]
+    managed = str((cron.get("spec") or {}).get("managedDataSource") or "")
+    if not managed:
+        return
+    wanted = {"pvc": {"namespace": meta["namespace"], "name": claim}}
+    existing = ctx.cache.get(res.DATASOURCE, meta["namespace"], managed)
+    if existing is None:
+        ctx.kube.create(res.DATASOURCE, {
+            "apiVersion": res.DATASOURCE.api_version, "kind": "DataSource",
+            "metadata": {"name": managed, "namespace": meta["namespace"],
+                         "labels": {imports.CRON_LABEL: meta["name"]}},
+            "spec": {"source": wanted}})
+    elif (existing.get("spec") or {}).get("source") != wanted:
+        # a merge patch of ``source`` replaces it whole: null the other kinds a user may have set
+        source = {"pvc": wanted["pvc"], "snapshot": None, "dataSource": None}
+        ctx.kube.patch(res.DATASOURCE, meta["namespace"], managed, {"spec": {"source": source}})
+        log.info("%s/%s: DataSource %s now points at %s", meta["namespace"], meta["name"], managed, claim)
