@@ -27,6 +27,10 @@ Body = dict[str, Any]
 TIMEOUT = 30.0
 
 
+POLL_FAILURES = frozenset({"SourceNotFound", "SourceUnreachable", "SourceInvalid", "NoValidator", "UnsupportedSource"})
+"""The reasons a poll fails with; ``UpToDate`` keeps one until a poll succeeds."""
+
+
 class PollFailed(Exception):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
@@ -86,7 +90,10 @@ def _http_version(url: str, source: Body) -> Version:
 
 
 def _reason(error: Exception) -> str:
+    """The importer's classification, in the cron's words."""
     name = type(error).__name__
-    if "NotFound" in name or "404" in str(error):
+    if "NotFound" in name or "404" in str(error) or "not found" in str(error).lower():
         return "SourceNotFound"
-    return "SourceUnreachable" if "Unavailable" in name or "Temporary" in name else name
+    if "Unavailable" in name or "Temporary" in name or isinstance(error, OSError):
+        return "SourceUnreachable"
+    return "SourceInvalid"

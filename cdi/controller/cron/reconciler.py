@@ -25,7 +25,7 @@ from .. import resources as res
 from ..context import Context
 from ..phases import Phase
 from . import imports, schedule
-from .poll import PollFailed, current_version
+from .poll import POLL_FAILURES, PollFailed, current_version
 
 log = logging.getLogger("cdi.controller.cron")
 
@@ -70,7 +70,13 @@ def _poll_if_due(ctx: Context, cron: Body, status: Body) -> float | None:
     if current.get("Digest") != version.digest:
         name = imports.create_import(ctx, cron, version)
         status["currentImports"] = [{"DataVolumeName": name, "Digest": version.digest}]
+    elif _condition(status, UP_TO_DATE).get("reason") in POLL_FAILURES:  # the source is back
+        conditions.update(status["conditions"], UP_TO_DATE, "False", "Source reachable again", "Polled")
     return wait
+
+
+def _condition(status: Body, kind: str) -> Body:
+    return next((c for c in status.get("conditions") or [] if c.get("type") == kind), {})
 
 
 def _follow_current(ctx: Context, cron: Body, status: Body) -> None:
@@ -88,7 +94,8 @@ def _follow_current(ctx: Context, cron: Body, status: Body) -> None:
             status["lastImportedPVC"] = {"namespace": namespace, "name": name}
             status["lastImportTimestamp"] = schedule.format_time(ctx.clock())
         _point_data_source(ctx, cron, name)
-        conditions.update(conds, UP_TO_DATE, "True", "Latest import is up to date", "UpToDate")
+        if _condition(status, UP_TO_DATE).get("reason") not in POLL_FAILURES:  # a failed poll says so until one succeeds
+            conditions.update(conds, UP_TO_DATE, "True", "Latest import is up to date", "UpToDate")
         imports.collect_garbage(ctx, cron, {name})
     elif phase == Phase.FAILED.value:
         running: Body = next((c for c in (dv or {}).get("status", {}).get("conditions", []) if c.get("type") == "Running"),
