@@ -13,6 +13,8 @@ Behaviours under test (the same webhooks against the real kube-apiserver: test_w
 * clone authorization: same namespace asks nothing; a PVC source needs ``datavolumes/source`` or
   ``create pods``; a snapshot needs ``datavolumes/source`` or pods *and* PVCs (``persistentvolumeclaims``
   or CDI's ``pvcs``); the reviews carry user, groups, uid and extras;
+* the validator follows a DataSource to one other DataSource, refuses longer chains and loops;
+* the installer fills both webhooks' ``caBundle``;
 * the mutator stamps a token only for clones, as a JSON patch that creates the annotations map
   when there is none and escapes the key otherwise; prePopulated DataVolumes pass without one.
 """
@@ -33,7 +35,9 @@ from cdi.apiserver.webhooks.authorize import Decision, authorize
 from cdi.apiserver.webhooks.clonecheck import pvc_problem, snapshot_problem
 from cdi.apiserver.webhooks.mutate import Mutator, annotation_patch
 from cdi.apiserver.webhooks.sources import CloneSource
-from cdi.apiserver.webhooks.validate import may_take_over, spec_change_allowed
+from cdi.apiserver.webhooks.validate import Validator, may_take_over, spec_change_allowed
+from cdi.apiserver import manifests as apiserver_manifests
+from cdi.install.customize import Options, customize
 from uploadproxy import tokens
 
 KEY = tokens.generate_key()
@@ -358,3 +362,35 @@ def test_mutator_denies_with_cdis_message_unless_prepopulated() -> None:
 def test_annotation_patch_escapes_the_key() -> None:
     assert annotation_patch({"x": "y"}, "a/b~c", "v") == [{"op": "add", "path": "/metadata/annotations/a~1b~0c",
                                                           "value": "v"}]
+
+
+def validate(obj: dict[str, Any], cluster: Table) -> dict[str, Any]:
+    request = review.parse(json.dumps(review_body(obj=obj)).encode())
+    return asyncio.run(Validator(cluster).admit(request))["response"]
+
+
+def test_validator_follows_one_data_source_hop_and_no_more() -> None:
+    def ds(name: str, source: dict[str, Any]) -> dict[str, Any]:
+        return {"metadata": {"namespace": "golden", "name": name}, "spec": {"source": source}}
+    small = {"pvc": {"resources": {"requests": {"storage": "1Mi"}}}}
+    cluster = Table(set(), {
+        ("datasources", "golden", "latest"): ds("latest", {"dataSource": {"name": "fedora"}}),
+        ("datasources", "golden", "fedora"): ds("fedora", {"pvc": {"namespace": "golden", "name": "f40"}}),
+        ("datasources", "golden", "loop"): ds("loop", {"dataSource": {"name": "loop"}}),
+        ("datasources", "golden", "deep"): ds("deep", {"dataSource": {"name": "latest"}}),
+        ("persistentvolumeclaims", "golden", "f40"): pvc("2Mi"),
+    })
+    def message(ref: str) -> str | None:
+        answer = validate(dv({"sourceRef": {"kind": "DataSource", "namespace": "golden", "name": ref}, **small}),
+                          cluster)
+        return None if answer["allowed"] else str(answer["status"]["message"])
+    assert message("latest") == "target resources requests storage size is smaller than the source 1048576 < 2097152"
+    assert message("loop") == "DataSource cannot self-reference"
+    assert message("deep") == "DataSource reference chain exceeds maximum depth of 1"
+    assert message("gone") == "SourceRef DataSource/golden/gone not found"
+
+
+def test_installer_fills_the_webhooks_ca_bundle() -> None:
+    for manifest in (apiserver_manifests.validating_webhook(), apiserver_manifests.mutating_webhook()):
+        done = customize(manifest, Options({"controller": "c", "importer": "i", "uploadserver": "u"}, api_ca=b"CA"))
+        assert [h["clientConfig"]["caBundle"] for h in done["webhooks"]] == [base64.b64encode(b"CA").decode()]

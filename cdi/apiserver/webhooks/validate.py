@@ -22,9 +22,9 @@ import copy
 from typing import Any
 
 from . import clonecheck, review, speccheck
-from .cluster import DATASOURCES, PVCS, SNAPSHOTS, Cluster
+from .cluster import PVCS, SNAPSHOTS, Cluster
 from .review import Cause, Request, obj
-from .sources import CloneSource, direct
+from .sources import BadDataSourceChain, CloneSource, DataSourceMissing, data_source_for, direct
 
 POPULATED_FOR = "cdi.kubevirt.io/storage.populatedFor"
 ALLOW_CLAIM_ADOPTION = "cdi.kubevirt.io/allowClaimAdoption"
@@ -75,10 +75,14 @@ class Validator:
 
     async def _source_ref_cause(self, ref: dict[str, Any], spec: dict[str, Any], namespace: str) -> Cause | None:
         ds_namespace, name = str(ref.get("namespace") or namespace), str(ref["name"])
-        data_source = await self.cluster.get(DATASOURCES, ds_namespace, name)
-        if data_source is None:
+        try:
+            data_source = await data_source_for(ref, namespace, self.cluster)
+        except DataSourceMissing:
             return Cause(f"SourceRef DataSource/{ds_namespace}/{name} not found", "spec.sourceRef", "FieldValueNotFound")
-        clone = direct(obj(data_source.get("spec")), ds_namespace)
+        except BadDataSourceChain as err:
+            return Cause(str(err), "spec.sourceRef")
+        resolved_namespace = str(obj(data_source.get("metadata")).get("namespace") or ds_namespace)
+        clone = direct(obj(data_source.get("spec")), resolved_namespace)
         if clone is None:
             return Cause(f"Empty source field in '{name}'. DataSource may not be ready yet", "spec.sourceRef")
         return await self._clone_cause(clone, spec, "spec.sourceRef")
