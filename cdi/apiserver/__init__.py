@@ -1,4 +1,5 @@
-"""cdi-apiserver: CDI's aggregated API ``upload.cdi.kubevirt.io/v1beta1`` (``UploadTokenRequest``).
+"""cdi-apiserver: CDI's aggregated API ``upload.cdi.kubevirt.io/v1beta1`` (``UploadTokenRequest``) and
+its DataVolume admission webhooks.
 
 ``python -m cdi.apiserver`` serves one create-only resource behind kube-apiserver's aggregation
 layer. A user creates an ``UploadTokenRequest`` naming a PVC; the answer carries a short-lived
@@ -17,5 +18,7 @@ How a request gets here, and why each module exists:
 * :mod:`.tokenrequests` validates the body and issues the token; :mod:`.discovery` and
   :mod:`.openapi` describe the API so that discovery, ``kubectl api-resources``, ``kubectl create -f``
   and the aggregator's OpenAPI merge work; :mod:`.status` renders every failure as a ``v1 Status``.
+* :mod:`.webhooks` serves the DataVolume admission webhooks (``/datavolume-validate``,
+  ``/datavolume-mutate``) kube-apiserver calls directly: clone authorization and the clone token.
 * :mod:`.settings` is read once in :mod:`.__main__`; :mod:`.server` wires it all into aiohttp.
 """

@@ -36,6 +36,8 @@ class UserInfo:
     name: str
     groups: tuple[str, ...] = ()
     extra: dict[str, list[str]] = field(default_factory=dict)
+    uid: str = ""
+    """Set for users from an AdmissionReview; the front proxy's headers carry none."""
 
 
 def check_front_proxy(peercert: dict[str, Any] | None, config: FrontProxyConfig) -> str:

@@ -4,8 +4,10 @@ What runs where, and the privileges each piece gets:
 
 * ServiceAccount ``cdi/cdi-apiserver``, bound cluster-wide to ``system:auth-delegator`` (create
   SubjectAccessReviews, and TokenReviews which it does not use) and, in ``kube-system``, to the Role
-  ``extension-apiserver-authentication-reader`` (the front-proxy CA and header names). Nothing else:
-  the signing key and serving certificate arrive as mounted Secrets, so it reads no Secret itself.
+  ``extension-apiserver-authentication-reader`` (the front-proxy CA and header names), and to the
+  ClusterRole ``cdi-apiserver``: ``get`` on what the DataVolume webhooks check (PVCs,
+  VolumeSnapshots, DataSources, namespaces), nothing else (no list, no watch, no write). The signing
+  key and serving certificate arrive as mounted Secrets, so it reads no Secret itself.
 * Deployment ``cdi-apiserver`` (the controller's image, ``python -m cdi.apiserver``) behind Service
   ``cdi-api`` (443 -> 8443), as CDI names them; it mounts CDI's Secrets ``cdi-apiserver-server-cert``
   (``tls.crt``/``tls.key``) and ``cdi-api-signing-key`` (``id_rsa``; the upload proxy reads
@@ -15,6 +17,13 @@ What runs where, and the privileges each piece gets:
   ``cert-manager.io/inject-ca-from`` lets cert-manager's cainjector fill it in when that Secret comes
   from a cert-manager Certificate of the same name; otherwise patch ``spec.caBundle`` by hand. Until
   then the APIService reports ``Available=False`` and discovery of the group fails.
+* The DataVolume admission webhooks, CDI's ``cdi-api-datavolume-validate`` (CREATE, UPDATE) and
+  ``cdi-api-datavolume-mutate`` (CREATE), calling ``cdi/cdi-api:443`` at ``/datavolume-validate`` and
+  ``/datavolume-mutate`` (:mod:`cdi.apiserver.webhooks`), ``failurePolicy: Fail``, every namespace (CDI
+  excludes none). Their ``caBundle`` is the installer's, as the APIService's.
+* The controller reads the token key's public half (``id_rsa.pub``) to check clone tokens
+  (:func:`controller_clone_key`): mounted at :data:`CLONE_KEY_DIR`, named by
+  ``CLONE_TOKEN_PUBLIC_KEY_FILE``.
 * CDI's aggregated ClusterRoles, so that namespace admins and editors (the built-in ``admin`` and
   ``edit`` roles, bound by RoleBinding) may create UploadTokenRequests and manage DataVolumes,
   DataSources and DataImportCrons, viewers may read them, and every authenticated user may read
@@ -46,6 +55,11 @@ SIGNING_SECRET = "cdi-api-signing-key"
 CERT_DIR = "/var/run/certs/cdi-apiserver-server-cert"
 KEY_DIR = "/var/run/cdi/token/keys"
 RBAC_API = "rbac.authorization.k8s.io/v1"
+WEBHOOK_API = "admissionregistration.k8s.io/v1"
+VALIDATING_WEBHOOK = "cdi-api-datavolume-validate"
+MUTATING_WEBHOOK = "cdi-api-datavolume-mutate"
+CLONE_KEY_DIR = "/var/run/cdi/clone-token-key"
+CLONE_KEY_ENV = "CLONE_TOKEN_PUBLIC_KEY_FILE"
 
 LABELS = {"app.kubernetes.io/name": NAME, "app.kubernetes.io/part-of": "cdi-py",
           "app.kubernetes.io/component": "apiserver"}
@@ -83,6 +97,58 @@ def auth_reader_binding(namespace: str = NAMESPACE, name: str = f"{NAME}:authent
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
                         "name": "extension-apiserver-authentication-reader"},
             "subjects": _subject(namespace)}
+
+
+def cluster_role(name: str = NAME) -> Manifest:
+    """Read-only ``get`` of what the DataVolume webhooks look up, one object at a time."""
+    return {"apiVersion": RBAC_API, "kind": "ClusterRole", "metadata": _meta(name, None),
+            "rules": [_rule("", ["persistentvolumeclaims", "namespaces"], ["get"]),
+                      _rule("snapshot.storage.k8s.io", ["volumesnapshots"], ["get"]),
+                      _rule(CDI, ["datasources"], ["get"])]}
+
+
+def cluster_role_binding(namespace: str = NAMESPACE, name: str = NAME, role: str = NAME) -> Manifest:
+    return {"apiVersion": RBAC_API, "kind": "ClusterRoleBinding", "metadata": _meta(name, None),
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+            "subjects": _subject(namespace)}
+
+
+def _webhook(kind: str, name: str, path: str, operations: list[str], *, client_config: dict[str, Any] | None,
+             namespace: str, namespace_selector: dict[str, Any] | None) -> Manifest:
+    config = client_config or {"service": {"namespace": namespace, "name": SERVICE, "path": path, "port": 443}}
+    hook: dict[str, Any] = {
+        "name": f"{path.strip('/')}.{CDI}", "clientConfig": config,
+        "rules": [{"operations": operations, "apiGroups": [CDI], "apiVersions": [v1beta1.VERSION],
+                   "resources": ["datavolumes"], "scope": "*"}],
+        "failurePolicy": "Fail", "sideEffects": "None", "matchPolicy": "Exact",
+        "namespaceSelector": namespace_selector or {}, "timeoutSeconds": 30, "admissionReviewVersions": ["v1"]}
+    if kind == "MutatingWebhookConfiguration":
+        hook["reinvocationPolicy"] = "Never"
+    annotations = {} if "caBundle" in config else {"cert-manager.io/inject-ca-from": f"{namespace}/{CERT_SECRET}"}
+    meta = _meta(name, None, **({"annotations": annotations} if annotations else {}))
+    return {"apiVersion": WEBHOOK_API, "kind": kind, "metadata": meta, "webhooks": [hook]}
+
+
+def validating_webhook(name: str = VALIDATING_WEBHOOK, *, client_config: dict[str, Any] | None = None,
+                       namespace: str = NAMESPACE, namespace_selector: dict[str, Any] | None = None) -> Manifest:
+    """CDI's validating registration; tests pass a ``url`` client config and a selector of their own."""
+    return _webhook("ValidatingWebhookConfiguration", name, "/datavolume-validate", ["CREATE", "UPDATE"],
+                    client_config=client_config, namespace=namespace, namespace_selector=namespace_selector)
+
+
+def mutating_webhook(name: str = MUTATING_WEBHOOK, *, client_config: dict[str, Any] | None = None,
+                     namespace: str = NAMESPACE, namespace_selector: dict[str, Any] | None = None) -> Manifest:
+    """CDI's mutating registration (CREATE only: see :mod:`cdi.apiserver.webhooks.mutate`)."""
+    return _webhook("MutatingWebhookConfiguration", name, "/datavolume-mutate", ["CREATE"],
+                    client_config=client_config, namespace=namespace, namespace_selector=namespace_selector)
+
+
+def controller_clone_key() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """``(volume, volumeMount, env)`` giving the controller the public key that verifies clone tokens."""
+    volume = {"name": "clone-token-key", "secret": {"secretName": SIGNING_SECRET,
+                                                    "items": [{"key": "id_rsa.pub", "path": "id_rsa.pub"}]}}
+    mount = {"name": "clone-token-key", "mountPath": CLONE_KEY_DIR, "readOnly": True}
+    return volume, mount, {"name": CLONE_KEY_ENV, "value": f"{CLONE_KEY_DIR}/id_rsa.pub"}
 
 
 def _security_context() -> dict[str, Any]:
@@ -197,6 +263,8 @@ MANIFESTS = (
     ("12-apiserver-auth-reader.yaml", auth_reader_binding),
     ("13-apiserver-deployment.yaml", deployment),
     ("14-apiserver-service.yaml", service),
+    ("25-apiserver-clusterrole.yaml", cluster_role),
+    ("26-apiserver-clusterrolebinding.yaml", cluster_role_binding),
     ("20-clusterrole-admin.yaml", lambda: aggregated_role("admin")),
     ("21-clusterrole-edit.yaml", lambda: aggregated_role("edit")),
     ("22-clusterrole-view.yaml", lambda: aggregated_role("view")),
@@ -204,5 +272,7 @@ MANIFESTS = (
     ("24-clusterrolebinding-config-reader.yaml", config_reader_binding),
     # last: once registered, the group is unavailable until the Deployment is ready and caBundle is set
     ("30-apiservice.yaml", api_service),
+    ("31-datavolume-validate.yaml", validating_webhook),
+    ("32-datavolume-mutate.yaml", mutating_webhook),
 )
 """``(file name, builder)`` for ``deploy/``, after the controller's ``00``-``05``."""

@@ -7,7 +7,10 @@ Which requests need what:
   proxy's certificate; kube-apiserver fetches them as ``system:kube-aggregator``/``system:aggregator``
   and needs no further authorization, as CDI's server grants them to every caller of the proxy;
 * ``POST .../namespaces/{ns}/uploadtokenrequests``: the certificate, a user in the headers, and a
-  SubjectAccessReview that allows it (:mod:`.tokenrequests`).
+  SubjectAccessReview that allows it (:mod:`.tokenrequests`);
+* ``POST /datavolume-validate``, ``/datavolume-mutate``: no certificate: kube-apiserver calls
+  admission webhooks as a plain HTTPS client, and the requester is inside the AdmissionReview
+  (:mod:`.webhooks`). Only these two exact paths skip the front-proxy check.
 
 TLS asks for a client certificate without requiring one (``CERT_OPTIONAL``): a certificate from
 another CA fails the handshake, while a request with none reaches the middleware and gets a 401
@@ -27,7 +30,7 @@ from kubernetes import client
 from uploadproxy import tokens
 from uploadproxy.tls import server_context
 
-from . import discovery, frontproxy, openapi
+from . import discovery, frontproxy, openapi, webhooks
 from .authn import Unauthenticated, check_front_proxy, user_from_headers
 from .authz import SubjectAccessReviewer
 from .frontproxy import FrontProxyConfig
@@ -39,7 +42,7 @@ from .tokenrequests import TokenIssuer
 log = logging.getLogger("cdi.apiserver")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+OPEN_PATHS = frozenset({"/healthz", "/readyz"}) | webhooks.PATHS
 NAMESPACE = "{namespace:[a-z0-9][-a-z0-9]*}"
 CREATE_PATH = f"{discovery.VERSION_PATH}/namespaces/{NAMESPACE}/{discovery.RESOURCE}"
 FRONT_PROXY_KEY = web.AppKey("front_proxy", FrontProxyConfig)
@@ -126,7 +129,8 @@ async def ok(request: web.Request) -> web.Response:
     return web.Response(text="ok")
 
 
-def build_app(front_proxy: FrontProxyConfig, issuer: TokenIssuer) -> web.Application:
+def build_app(front_proxy: FrontProxyConfig, issuer: TokenIssuer,
+              admission: webhooks.Webhooks | None = None) -> web.Application:
     app = web.Application(middlewares=[as_status, front_proxy_only])
     app[FRONT_PROXY_KEY] = front_proxy
     app[ISSUER_KEY] = issuer
@@ -142,6 +146,8 @@ def build_app(front_proxy: FrontProxyConfig, issuer: TokenIssuer) -> web.Applica
     app.router.add_get("/readyz", ok)
     app.router.add_post(CREATE_PATH, create)
     app.router.add_route("*", CREATE_PATH + "/{name}", not_allowed)
+    if admission is not None:
+        app.router.add_routes(admission.routes())
     return app
 
 
@@ -150,7 +156,8 @@ def serve(settings: Settings) -> None:
     api = api_client(settings.kubeconfig)
     front_proxy = frontproxy.load(client.CoreV1Api(api))
     signing_key = tokens.load_private_key(settings.signing_key.read_bytes())
-    app = build_app(front_proxy, TokenIssuer(signing_key, SubjectAccessReviewer(api)))
+    app = build_app(front_proxy, TokenIssuer(signing_key, SubjectAccessReviewer(api)),
+                    webhooks.for_api_client(api, signing_key))
     log.info("serving %s on https://%s:%d", discovery.GROUP_VERSION, settings.address, settings.port)
     web.run_app(app, host=settings.address, port=settings.port, ssl_context=ssl_context(settings, front_proxy),
                 print=None, access_log_format='%a "%r" %s %b %Tfs')

@@ -93,6 +93,7 @@ def _container() -> dict[str, Any]:
         {"name": "IMPORTER_IMAGE", "value": IMPORTER_IMAGE},
         {"name": "CONTROLLER_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
         *upload_manifests.controller_env(),
+        apiserver.controller_clone_key()[2],
     ]
     return {
         "name": "controller",
@@ -109,7 +110,8 @@ def _container() -> dict[str, Any]:
                       "limits": {"cpu": "500m", "memory": "512Mi"}},
         "securityContext": _security_context(),
         # Python and its libraries may want a scratch directory; the root filesystem is read-only
-        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}, *upload_manifests.controller_mounts()[1]],
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}, *upload_manifests.controller_mounts()[1],
+                         apiserver.controller_clone_key()[1]],
     }
 
 
@@ -120,7 +122,8 @@ def deployment() -> Manifest:
         "serviceAccountName": NAME,
         "securityContext": {"runAsNonRoot": True, "fsGroup": RUN_AS_USER, "seccompProfile": {"type": "RuntimeDefault"}},
         "containers": [_container()],
-        "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}, *upload_manifests.controller_mounts()[0]],
+        "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}, *upload_manifests.controller_mounts()[0],
+                    apiserver.controller_clone_key()[0]],
     }
     return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": _meta(NAME),
             "spec": {"replicas": 1, "strategy": {"type": "Recreate"}, "selector": {"matchLabels": selector},

@@ -1,5 +1,5 @@
 """``deploy/`` as this installation needs it: our images, a NodePort for the proxy, the
-APIService's CA, the proxy's URL in CDIConfig, extra controller environment.
+APIService's and the DataVolume webhooks' CA, the proxy's URL in CDIConfig, extra controller environment.
 
 Pure functions over the manifests (dicts as read from the YAML), so what the installer changes is
 easy to test and to show (``--print``).
@@ -15,6 +15,7 @@ Manifest = dict[str, Any]
 
 IMAGE_ENV = {"IMPORTER_IMAGE": "importer", "UPLOADSERVER_IMAGE": "uploadserver"}
 COMPONENTS = ("controller", "importer", "uploadserver")
+WEBHOOK_KINDS = ("ValidatingWebhookConfiguration", "MutatingWebhookConfiguration")
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,9 @@ def customize(manifest: Manifest, options: Options) -> Manifest:
             port["nodePort"] = options.nodeport
     elif kind == "APIService" and options.api_ca:
         manifest["spec"]["caBundle"] = base64.b64encode(options.api_ca).decode()
+    elif kind in WEBHOOK_KINDS and options.api_ca:
+        for hook in manifest["webhooks"]:
+            hook["clientConfig"]["caBundle"] = base64.b64encode(options.api_ca).decode()
     elif kind == "CDIConfig" and options.proxy_url:
         manifest.setdefault("spec", {})["uploadProxyURLOverride"] = options.proxy_url
     return manifest

@@ -139,6 +139,11 @@ APISERVER_GROUPS = ["system:serviceaccounts", f"system:serviceaccounts:{apiserve
 APISERVER_NEEDS: list[tuple[str, str, str, str, str]] = [
     ("create", "authorization.k8s.io", "subjectaccessreviews", "", ""),
     ("get", CORE, "configmaps", "kube-system", "extension-apiserver-authentication"),
+    # what the DataVolume webhooks look up, one object at a time
+    ("get", CORE, "persistentvolumeclaims", TENANT, "golden"),
+    ("get", CORE, "namespaces", "", TENANT),
+    ("get", "snapshot.storage.k8s.io", "volumesnapshots", TENANT, "golden"),
+    ("get", CDI, "datasources", TENANT, "golden"),
 ]
 APISERVER_MUST_NOT: list[tuple[str, str, str, str, str]] = [
     ("get", CORE, "secrets", apiserver_manifests.NAMESPACE, apiserver_manifests.SIGNING_SECRET),
@@ -146,11 +151,18 @@ APISERVER_MUST_NOT: list[tuple[str, str, str, str, str]] = [
     ("get", CORE, "configmaps", "kube-system", "kube-proxy"),
     ("list", CORE, "configmaps", "kube-system", ""),
     ("create", CORE, "pods", TENANT, ""),
-    ("get", CORE, "persistentvolumeclaims", TENANT, ""),
+    ("list", CORE, "persistentvolumeclaims", TENANT, ""),
+    ("watch", CORE, "persistentvolumeclaims", "", ""),
+    ("update", CORE, "persistentvolumeclaims", TENANT, "golden"),
+    ("list", CORE, "namespaces", "", ""),
+    ("list", CDI, "datasources", TENANT, ""),
+    ("get", CDI, "datavolumes", TENANT, "golden"),
     ("create", apiserver_manifests.discovery.GROUP, "uploadtokenrequests", TENANT, ""),
     ("update", "apiregistration.k8s.io", "apiservices", "", apiserver_manifests.API_SERVICE),
 ]
 DEPLOYMENTS = [manifests.NAME, apiserver_manifests.NAME, upload_manifests.NAME]
+WEBHOOKS = [("validatingwebhookconfiguration", apiserver_manifests.VALIDATING_WEBHOOK),
+            ("mutatingwebhookconfiguration", apiserver_manifests.MUTATING_WEBHOOK)]
 
 
 def kubectl(plane: ControlPlane, *args: str, check: bool = True,
@@ -237,9 +249,13 @@ def deployed(control_plane: ControlPlane) -> Iterator[subprocess.CompletedProces
     kubectl(control_plane, "apply", "-f", "-", stdin=json.dumps(quota))
     before = kubectl(control_plane, "get", "apiservice", apiserver_manifests.API_SERVICE, "-o", "json",
                      "--ignore-not-found").stdout
+    hooks_before = {kind: kubectl(control_plane, "get", kind, name, "-o", "json", "--ignore-not-found").stdout
+                    for kind, name in WEBHOOKS}
     applied = kubectl(control_plane, "apply", "-f", str(manifests.DEPLOY_DIR))
     yield applied
     restore_api_service(control_plane, before)
+    for kind, name in WEBHOOKS:  # they point at a server that never runs: with Fail, no DataVolume could be written
+        restore(control_plane, kind, name, hooks_before[kind])
     for name in DEPLOYMENTS:
         kubectl(control_plane, "delete", "deployment", name, "-n", manifests.NAMESPACE,
                 "--cascade=foreground", "--wait", "--timeout=60s", "--ignore-not-found", check=False)
@@ -249,7 +265,12 @@ def deployed(control_plane: ControlPlane) -> Iterator[subprocess.CompletedProces
 
 def restore_api_service(plane: ControlPlane, before: str) -> None:
     """Remove deploy/'s APIService (its server never runs here) and put back one that was there before."""
-    kubectl(plane, "delete", "apiservice", apiserver_manifests.API_SERVICE, "--ignore-not-found", check=False)
+    restore(plane, "apiservice", apiserver_manifests.API_SERVICE, before)
+
+
+def restore(plane: ControlPlane, kind: str, name: str, before: str) -> None:
+    """Delete ``kind/name`` and recreate it as it was before the test (``before``: its JSON, or empty)."""
+    kubectl(plane, "delete", kind, name, "--ignore-not-found", check=False)
     if before.strip():
         saved = json.loads(before)
         saved.pop("status", None)
@@ -370,6 +391,17 @@ def test_api_service_points_at_the_service(deployed: subprocess.CompletedProcess
                                 "-o", "json").stdout)
     assert stored["spec"]["service"] == {"namespace": "cdi", "name": "cdi-api", "port": 443}
     assert "caBundle" not in stored["spec"]  # the installer's job (or cert-manager's cainjector)
+
+
+def test_webhooks_point_at_the_service(deployed: subprocess.CompletedProcess[str],
+                                       control_plane: ControlPlane) -> None:
+    for kind, name in WEBHOOKS:
+        (hook,) = json.loads(kubectl(control_plane, "get", kind, name, "-o", "json").stdout)["webhooks"]
+        path = "/datavolume-validate" if kind.startswith("validating") else "/datavolume-mutate"
+        assert hook["clientConfig"] == {"service": {"namespace": "cdi", "name": "cdi-api", "path": path, "port": 443}}
+        assert (hook["failurePolicy"], hook["sideEffects"], hook["admissionReviewVersions"]) == ("Fail", "None", ["v1"])
+        assert hook["rules"][0]["resources"] == ["datavolumes"]
+        assert hook["rules"][0]["operations"] == (["CREATE", "UPDATE"] if path.endswith("validate") else ["CREATE"])
 
 
 @pytest.mark.parametrize("verb,group,resource,namespace,name", APISERVER_NEEDS,

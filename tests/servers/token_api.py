@@ -11,8 +11,9 @@ What :meth:`TokenApi.start` sets up, in a fresh namespace ``cdi-token-api-<hex>`
 * a serving CA and certificate for ``cdi-api.<ns>.svc`` (the name the aggregator checks) and the
   host address, and an RSA signing key (``private_key_path``; ``public_key_pem`` for an upload proxy);
 * the server's identity exactly as ``deploy/`` grants it (the same builders from
-  :mod:`cdi.apiserver.manifests`): ServiceAccount ``cdi-apiserver`` bound to ``system:auth-delegator``
-  and to ``extension-apiserver-authentication-reader`` in kube-system, with a TokenRequest token in
+  :mod:`cdi.apiserver.manifests`): ServiceAccount ``cdi-apiserver`` bound to ``system:auth-delegator``,
+  to ``extension-apiserver-authentication-reader`` in kube-system and to a copy of the webhooks'
+  read-only ClusterRole, with a TokenRequest token in
   a kubeconfig, so a missing grant in the shipped RBAC fails here too;
 * ``python -m cdi.apiserver`` listening on ``host_ip`` (endpoint addresses may not be loopback;
   the node's ``node_ip`` is the host as the cluster sees it);
@@ -222,6 +223,12 @@ def _identity(kube: client.ApiClient, plane: ControlPlane, namespace: str, workd
     reader = apiserver.auth_reader_binding(namespace, name=f"{apiserver.NAME}:authentication-reader:{namespace}")
     rbac.create_namespaced_role_binding("kube-system", reader)
     undo.append(lambda: rbac.delete_namespaced_role_binding(reader["metadata"]["name"], "kube-system"))
+    role = apiserver.cluster_role(name=f"{apiserver.NAME}:{namespace}")  # what the DataVolume webhooks read
+    rbac.create_cluster_role(role)
+    undo.append(lambda: rbac.delete_cluster_role(role["metadata"]["name"]))
+    binding = apiserver.cluster_role_binding(namespace, name=role["metadata"]["name"], role=role["metadata"]["name"])
+    rbac.create_cluster_role_binding(binding)
+    undo.append(lambda: rbac.delete_cluster_role_binding(binding["metadata"]["name"]))
     token = core.create_namespaced_service_account_token(
         apiserver.NAME, namespace, {"spec": {"expirationSeconds": TOKEN_SECONDS}}).status.token
     return write_token_kubeconfig(workdir / "cdi-apiserver.kubeconfig", plane, token, f"{namespace}/{apiserver.NAME}")
