@@ -118,11 +118,46 @@ def test_csi_clone(custom: client.CustomObjectsApi, core: client.CoreV1Api, gold
     assert same_bytes(core, images, golden, "cloned")
 
 
+def bind(custom: client.CustomObjectsApi, ns: str, user: str, cluster_role: str) -> None:
+    client.RbacAuthorizationV1Api(custom.api_client).create_namespaced_role_binding(ns, {
+        "metadata": {"name": f"{cluster_role}-{uuid.uuid4().hex[:6]}"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": cluster_role},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}]})
+
+
+@pytest.fixture
+def golden_reader(custom: client.CustomObjectsApi) -> Iterator[str]:
+    """What a cluster admin grants for golden images (CDI's doc/RBAC.md): ``create`` on
+    ``datavolumes/source``, to be bound in the golden namespace."""
+    rbac = client.RbacAuthorizationV1Api(custom.api_client)
+    name = f"clone-source-{uuid.uuid4().hex[:6]}"
+    rbac.create_cluster_role({"metadata": {"name": name}, "rules": [
+        {"apiGroups": [GROUP], "resources": ["datavolumes/source"], "verbs": ["create"]}]})
+    yield name
+    rbac.delete_cluster_role(name)
+
+
+def as_user(custom: client.CustomObjectsApi, user: str) -> client.CustomObjectsApi:
+    impersonating = client.ApiClient(custom.api_client.configuration)
+    impersonating.set_default_header("Impersonate-User", user)
+    return client.CustomObjectsApi(impersonating)
+
+
 def test_snapshot_clone_across_namespaces(custom: client.CustomObjectsApi, core: client.CoreV1Api, golden: str,
                                           ns: str, images: dict[str, Image], controller: Controller,
-                                          strategy: Any, admitted_clone: Any) -> None:
+                                          strategy: Any, golden_reader: str) -> None:
+    """Refused with CDI's message until the user may read the golden namespace's volumes, then
+    cloned by snapshot, the snapshot crossing namespaces through a retained content."""
     strategy("snapshot")
-    admitted_clone(ns, "vm-root", {"pvc": {"namespace": golden, "name": "disk"}})
+    user = f"tenant-{uuid.uuid4().hex[:6]}"
+    bind(custom, ns, user, "edit")
+    tenant = as_user(custom, user)
+    source = {"pvc": {"namespace": golden, "name": "disk"}}
+    with pytest.raises(client.ApiException) as refused:
+        create_dv(tenant, ns, "vm-root", source, size="64Mi")
+    assert f"User {user} has insufficient permissions in clone source namespace {golden}" in refused.value.body
+    bind(custom, golden, user, golden_reader)
+    wait_for("the grant to take effect", lambda: _may_create(tenant, ns, source), 30)
     succeeded(custom, ns, "vm-root", controller)
     assert core.read_namespaced_persistent_volume_claim("vm-root", ns).metadata.annotations[f"{A}/cloneType"] == \
         "snapshot"
@@ -130,6 +165,16 @@ def test_snapshot_clone_across_namespaces(custom: client.CustomObjectsApi, core:
     wait_for("temporary snapshots removed", lambda: snapshots(custom, golden) == [] and snapshots(custom, ns) == [], 60)
     contents = custom.list_cluster_custom_object("snapshot.storage.k8s.io", "v1", "volumesnapshotcontents")["items"]
     assert not [c for c in contents if c["metadata"]["name"].startswith("cdi-tmp-")]
+
+
+def _may_create(tenant: client.CustomObjectsApi, ns: str, source: dict[str, Any]) -> bool:
+    try:
+        create_dv(tenant, ns, "vm-root", source, size="64Mi")
+    except client.ApiException as error:
+        if error.status == 403:
+            return False
+        raise
+    return True
 
 
 def test_clone_waits_for_its_source(custom: client.CustomObjectsApi, core: client.CoreV1Api, ns: str,

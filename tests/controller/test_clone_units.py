@@ -110,7 +110,7 @@ def test_sourceref_resolves_through_at_most_one_more_datasource() -> None:
 def test_same_namespace_needs_no_token_and_another_needs_one() -> None:
     keys = Keys(b"", make_ca("upload-server-ca"))
     assert authorize(keys, CloneSource(SourceKind.PVC, "team", "golden-disk"), dv()) is None  # type: ignore[arg-type]
-    with pytest.raises(NotAuthorized, match="no clone token"):
+    with pytest.raises(NotAuthorized, match="clone token missing"):
         authorize(keys, CloneSource(SourceKind.PVC, "golden", "disk"), dv())  # type: ignore[arg-type]
 
 

@@ -19,12 +19,14 @@ from typing import Any
 
 import jwt
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from ... import clonetoken
 from .. import annotations as ann
 from ..certs import CertificatePem
 from ..phases import Reason
-from .source import CloneSource
+from .source import CloneSource, SourceKind
 
 Body = dict[str, Any]
 EXTENDED_ISSUER = "cdi-deployment"
@@ -57,7 +59,6 @@ def _algorithm(key: Any) -> str:
 
 
 def mint_extended(keys: Keys, source: CloneSource, dv: Body) -> str:
-    from cryptography.hazmat.primitives import serialization
     assert keys.controller is not None
     key = serialization.load_pem_private_key(keys.controller.key, password=None)
     claims = {**_claims(source, dv), "iss": EXTENDED_ISSUER, "iat": int(time.time())}
@@ -79,13 +80,12 @@ def _valid_extended(keys: Keys, token: str, source: CloneSource, dv: Body) -> bo
 def _valid_webhook_token(keys: Keys, token: str, source: CloneSource, dv: Body) -> str:
     """'' if the webhook's token authorizes this clone, else why not."""
     if not token:
-        return "the DataVolume carries no clone token: was it admitted through cdi-apiserver's webhook?"
+        return "clone token missing (was the DataVolume admitted through cdi-apiserver's webhook?)"
     if not keys.webhook_public_key:
         return "this controller has no clone token public key (CLONE_TOKEN_PUBLIC_KEY_FILE) to validate the token"
-    from cdi import clonetoken
     try:
         clonetoken.validate(token, keys.webhook_public_key,
-                            source=(source.kind.value, source.namespace, source.name),
+                            source=("pvc" if source.kind is SourceKind.PVC else "snapshot", source.namespace, source.name),
                             target=(dv["metadata"]["namespace"], dv["metadata"]["name"]))
     except clonetoken.InvalidCloneToken as error:
         return f"the clone token is not valid: {error}"
