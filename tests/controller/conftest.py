@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import shutil
 import subprocess
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -204,6 +205,18 @@ def relay_to(node: Node) -> Iterator[object]:
     yield make
     for relay in relays:
         relay.close()
+
+
+@pytest.fixture
+def golden_reader(custom: client.CustomObjectsApi) -> Iterator[str]:
+    """What a cluster admin grants for golden images (CDI's doc/RBAC.md): ``create`` on
+    ``datavolumes/source``, to be bound in the golden namespace."""
+    rbac = client.RbacAuthorizationV1Api(custom.api_client)
+    name = f"clone-source-{uuid.uuid4().hex[:6]}"
+    rbac.create_cluster_role({"metadata": {"name": name}, "rules": [
+        {"apiGroups": [GROUP], "resources": ["datavolumes/source"], "verbs": ["create"]}]})
+    yield name
+    rbac.delete_cluster_role(name)
 
 
 # -- helpers for the tests ----------------------------------------------------------------------

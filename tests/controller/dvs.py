@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -70,3 +71,16 @@ def sha256_prefix(path: Path, size: int) -> str:
 def events_for(core: client.CoreV1Api, ns: str, name: str) -> list[tuple[str, str, str]]:
     items = core.list_namespaced_event(ns, field_selector=f"involvedObject.name={name}").items
     return [(e.type, e.reason, e.message) for e in items]
+
+
+def bind(custom: client.CustomObjectsApi, ns: str, user: str, cluster_role: str) -> None:
+    client.RbacAuthorizationV1Api(custom.api_client).create_namespaced_role_binding(ns, {
+        "metadata": {"name": f"{cluster_role}-{uuid.uuid4().hex[:6]}"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": cluster_role},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}]})
+
+
+def as_user(custom: client.CustomObjectsApi, user: str) -> client.CustomObjectsApi:
+    impersonating = client.ApiClient(custom.api_client.configuration)
+    impersonating.set_default_header("Impersonate-User", user)
+    return client.CustomObjectsApi(impersonating)

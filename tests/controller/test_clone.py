@@ -27,7 +27,7 @@ from kubernetes import client
 from kubeenv.cluster import Cluster
 from kubeenv.node import csi
 from tests.controller.conftest import GROUP, VERSION, Controller, wait_for
-from tests.controller.dvs import condition, create_dv, events_for, get_dv, sha256_prefix, volume_path
+from tests.controller.dvs import as_user, bind, condition, create_dv, events_for, get_dv, sha256_prefix, volume_path
 from tests.kube.fixtures import make_namespace
 from tests.servers.images import Image
 from tests.servers.nginx import Nginx
@@ -116,31 +116,6 @@ def test_csi_clone(custom: client.CustomObjectsApi, core: client.CoreV1Api, gold
     assert pvc.metadata.annotations[f"{A}/cloneType"] == "csi-clone"
     assert pvc.spec.data_source.kind == "PersistentVolumeClaim" and pvc.spec.data_source.name == "disk"
     assert same_bytes(core, images, golden, "cloned")
-
-
-def bind(custom: client.CustomObjectsApi, ns: str, user: str, cluster_role: str) -> None:
-    client.RbacAuthorizationV1Api(custom.api_client).create_namespaced_role_binding(ns, {
-        "metadata": {"name": f"{cluster_role}-{uuid.uuid4().hex[:6]}"},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": cluster_role},
-        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}]})
-
-
-@pytest.fixture
-def golden_reader(custom: client.CustomObjectsApi) -> Iterator[str]:
-    """What a cluster admin grants for golden images (CDI's doc/RBAC.md): ``create`` on
-    ``datavolumes/source``, to be bound in the golden namespace."""
-    rbac = client.RbacAuthorizationV1Api(custom.api_client)
-    name = f"clone-source-{uuid.uuid4().hex[:6]}"
-    rbac.create_cluster_role({"metadata": {"name": name}, "rules": [
-        {"apiGroups": [GROUP], "resources": ["datavolumes/source"], "verbs": ["create"]}]})
-    yield name
-    rbac.delete_cluster_role(name)
-
-
-def as_user(custom: client.CustomObjectsApi, user: str) -> client.CustomObjectsApi:
-    impersonating = client.ApiClient(custom.api_client.configuration)
-    impersonating.set_default_header("Impersonate-User", user)
-    return client.CustomObjectsApi(impersonating)
 
 
 def test_snapshot_clone_across_namespaces(custom: client.CustomObjectsApi, core: client.CoreV1Api, golden: str,
