@@ -72,6 +72,9 @@ def keys_for(cache: ObjectCache, resource: Resource, body: Body) -> Iterator[Key
     elif resource == res.VOLUMESNAPSHOT:
         yield from _snapshot_keys(cache, body, namespace, name)
         yield from _data_sources_naming(cache, "snapshot", namespace, name)
+        cron = ((body.get("metadata") or {}).get("labels") or {}).get(CRON_LABEL)
+        if cron:
+            yield Key(Reconciler.CRON, namespace, cron)
     elif resource == res.DATASOURCE:
         yield Key(Reconciler.DATASOURCE, namespace, name)
         yield from _data_sources_naming(cache, "dataSource", namespace, name)

@@ -174,3 +174,45 @@ def test_datasource_says_what_is_missing(custom: client.CustomObjectsApi, ns: st
     ready = wait_for("Ready False", lambda: condition((custom.get_namespaced_custom_object(
         GROUP, VERSION, ns, "datasources", "nothing").get("status") or {}), "Ready") or None, 60, controller)
     assert ready["status"] == "False" and ready["reason"] == "NotFound" and "absent" in ready["message"]
+
+
+def test_snapshot_source_format_keeps_the_golden_image_as_a_snapshot(
+        custom: client.CustomObjectsApi, core: client.CoreV1Api, ns: str, http_registry: Registry, relay_to: Any,
+        controller: Controller) -> None:
+    """``dataImportCronSourceFormat: snapshot`` on the StorageProfile: the import is snapshotted,
+    the DataSource points at the snapshot, the import's PVC goes, and clones restore from it."""
+    address = relay_to(f"http://{http_registry.host}")
+    allow_insecure(custom, address)
+    profile = "csi-hostpath"
+    custom.patch_cluster_custom_object(GROUP, VERSION, "storageprofiles", profile,
+                                       {"spec": {"dataImportCronSourceFormat": "snapshot"}})
+    try:
+        wait_for("the profile's source format", lambda: custom.get_cluster_custom_object(
+            GROUP, VERSION, "storageprofiles", profile)["status"].get("dataImportCronSourceFormat") == "snapshot", 30)
+        repository = f"golden/snap-{uuid.uuid4().hex[:6]}"
+        disk = disk_bytes("snapshot-format", 384)
+        digest = push(http_registry, repository, disk)
+        make_cron(custom, ns, "snap", {"registry": {"url": f"docker://{address}/{repository}:latest"}})
+        name = f"snap-{digest[7:19]}"
+
+        def on_snapshot() -> dict[str, Any] | None:
+            try:
+                source = custom.get_namespaced_custom_object(GROUP, VERSION, ns, "datasources", "snap")
+            except client.ApiException:
+                return None
+            status = source.get("status") or {}
+            ready = condition(status, "Ready").get("status") == "True"
+            return status if ready and (status.get("source") or {}).get("snapshot") else None
+        status = wait_for("DataSource on the snapshot", on_snapshot, 180, controller)
+        assert status["source"]["snapshot"] == {"namespace": ns, "name": name}
+        assert cron_status(custom, ns, "snap")["sourceFormat"] == "snapshot"
+        wait_for("the import's DataVolume gone", lambda: get_dv(custom, ns, name) is None, 60, controller)
+        custom.create_namespaced_custom_object(GROUP, VERSION, ns, "datavolumes", {
+            "apiVersion": f"{GROUP}/{VERSION}", "kind": "DataVolume", "metadata": {"name": "from-golden"},
+            "spec": {"sourceRef": {"kind": "DataSource", "name": "snap"}, "storage": {}}})  # sized from the snapshot
+        wait_for("the clone Succeeded", lambda: ((get_dv(custom, ns, "from-golden") or {}).get("status") or {})
+                 .get("phase") == "Succeeded", 180, controller)
+        assert disk_sha(core, ns, "from-golden", len(disk)) == hashlib.sha256(disk).hexdigest()
+    finally:
+        custom.patch_cluster_custom_object(GROUP, VERSION, "storageprofiles", profile,
+                                           {"spec": {"dataImportCronSourceFormat": None}})

@@ -55,13 +55,20 @@ def create_import(ctx: Context, cron: Body, version: Version) -> str:
 
 
 def collect_garbage(ctx: Context, cron: Body, keep_names: set[str]) -> list[str]:
-    """Delete outdated imports beyond ``importsToKeep``; the names deleted."""
-    meta, spec = cron["metadata"], cron.get("spec") or {}
+    """Delete outdated imports (DataVolumes, or snapshots for the snapshot format) beyond
+    ``importsToKeep``; the names deleted."""
+    spec = cron.get("spec") or {}
     if spec.get("garbageCollect", "Outdated") != "Outdated":
         return []
     keep = int(spec.get("importsToKeep", DEFAULT_IMPORTS_TO_KEEP))
-    mine = [ctx.cache.get(res.DATAVOLUME, ns, name) for ns, name in ctx.cache.select(
-        res.DATAVOLUME, lambda d: ((d.get("metadata") or {}).get("labels") or {}).get(CRON_LABEL) == meta["name"])
+    return [*_collect(ctx, cron, res.DATAVOLUME, keep, keep_names), *_collect(ctx, cron, res.VOLUMESNAPSHOT, keep,
+                                                                             keep_names)]
+
+
+def _collect(ctx: Context, cron: Body, resource: res.Resource, keep: int, keep_names: set[str]) -> list[str]:
+    meta = cron["metadata"]
+    mine = [ctx.cache.get(resource, ns, name) for ns, name in ctx.cache.select(
+        resource, lambda d: ((d.get("metadata") or {}).get("labels") or {}).get(CRON_LABEL) == meta["name"])
         if ns == meta["namespace"]]
     newest_first = sorted((d for d in mine if d), key=lambda d: str(d["metadata"].get("creationTimestamp") or ""),
                           reverse=True)
@@ -69,7 +76,7 @@ def collect_garbage(ctx: Context, cron: Body, keep_names: set[str]) -> list[str]
     for index, dv in enumerate(newest_first):
         name = dv["metadata"]["name"]
         if index >= keep and name not in keep_names:
-            ctx.kube.delete(res.DATAVOLUME, meta["namespace"], name)
+            ctx.kube.delete(resource, meta["namespace"], name)
             deleted.append(name)
     if deleted:
         log.info("%s/%s: garbage-collected %s", meta["namespace"], meta["name"], ", ".join(deleted))

@@ -85,36 +85,70 @@ def _follow_current(ctx: Context, cron: Body, status: Body) -> None:
     if not name:
         return
     namespace = cron["metadata"]["namespace"]
+    conds = status["conditions"]
+    snapshot = ctx.cache.get(res.VOLUMESNAPSHOT, namespace, name)
+    if snapshot is not None and (snapshot.get("status") or {}).get("readyToUse"):
+        _imported(ctx, cron, status, name, {"snapshot": {"namespace": namespace, "name": name}}, "snapshot")
+        ctx.kube.delete(res.DATAVOLUME, namespace, name)  # the snapshot is the golden image; its PVC goes
+        return
     dv = ctx.cache.get(res.DATAVOLUME, namespace, name)
     phase = ((dv or {}).get("status") or {}).get("phase") or ""
-    conds = status["conditions"]
-    if phase == Phase.SUCCEEDED.value:
-        conditions.update(conds, PROGRESSING, "False", "No current import", "NoImport")
-        if status.get("lastImportedPVC") != {"namespace": namespace, "name": name}:
-            status["lastImportedPVC"] = {"namespace": namespace, "name": name}
-            status["lastImportTimestamp"] = schedule.format_time(ctx.clock())
-        _point_data_source(ctx, cron, name)
-        if _condition(status, UP_TO_DATE).get("reason") not in POLL_FAILURES:  # a failed poll says so until one succeeds
-            conditions.update(conds, UP_TO_DATE, "True", "Latest import is up to date", "UpToDate")
-        imports.collect_garbage(ctx, cron, {name})
+    if phase == Phase.SUCCEEDED.value and dv is not None:
+        snapshot_class = _snapshot_format_class(ctx, dv)
+        if not snapshot_class:
+            _imported(ctx, cron, status, name, {"pvc": {"namespace": namespace, "name": name}}, "pvc")
+            return
+        if snapshot is None:
+            ctx.kube.create(res.VOLUMESNAPSHOT, _golden_snapshot(cron, name, snapshot_class))
+        conditions.update(conds, PROGRESSING, "True", f"Snapshotting import {name}", "SnapshotInProgress")
     elif phase == Phase.FAILED.value:
-        running: Body = next((c for c in (dv or {}).get("status", {}).get("conditions", []) if c.get("type") == "Running"),
-                       {})
+        running: Body = next((c for c in (dv or {}).get("status", {}).get("conditions", [])
+                              if c.get("type") == "Running"), {})
         conditions.update(conds, PROGRESSING, "False", "", "ImportFailed")
         conditions.update(conds, UP_TO_DATE, "False", f"Import {name} failed: {running.get('message', '')}",
                           "ImportFailed")
     else:
         conditions.update(conds, PROGRESSING, "True", f"Import {name} is {phase or 'being created'}", phase or "Pending")
         conditions.update(conds, UP_TO_DATE, "False", f"Import {name} in progress", "ImportProgressing")
-    status["sourceFormat"] = "pvc"
 
 
-def _point_data_source(ctx: Context, cron: Body, claim: str) -> None:
+def _imported(ctx: Context, cron: Body, status: Body, name: str, source: Body, source_format: str) -> None:
+    """The current import is the golden image now: the DataSource, the status and the collection follow."""
+    namespace, conds = cron["metadata"]["namespace"], status["conditions"]
+    conditions.update(conds, PROGRESSING, "False", "No current import", "NoImport")
+    if status.get("lastImportedPVC") != {"namespace": namespace, "name": name}:
+        status["lastImportedPVC"] = {"namespace": namespace, "name": name}
+        status["lastImportTimestamp"] = schedule.format_time(ctx.clock())
+    status["sourceFormat"] = source_format
+    _point_data_source(ctx, cron, source)
+    if _condition(status, UP_TO_DATE).get("reason") not in POLL_FAILURES:  # a failed poll says so until one succeeds
+        conditions.update(conds, UP_TO_DATE, "True", "Latest import is up to date", "UpToDate")
+    imports.collect_garbage(ctx, cron, {name})
+
+
+def _snapshot_format_class(ctx: Context, dv: Body) -> str:
+    """The VolumeSnapshotClass to keep the golden image in, when the import's StorageProfile says
+    ``dataImportCronSourceFormat: snapshot``; else ''."""
+    claim = ctx.cache.get(res.PVC, dv["metadata"]["namespace"], dv["metadata"]["name"]) or {}
+    class_name = str((claim.get("spec") or {}).get("storageClassName") or "")
+    profile = (ctx.cache.get(res.STORAGEPROFILE, "", class_name) or {}).get("status") or {}
+    if profile.get("dataImportCronSourceFormat") != "snapshot":
+        return ""
+    return str(profile.get("snapshotClass") or "")
+
+
+def _golden_snapshot(cron: Body, name: str, snapshot_class: str) -> Body:
+    return {"apiVersion": res.VOLUMESNAPSHOT.api_version, "kind": "VolumeSnapshot",
+            "metadata": {"name": name, "namespace": cron["metadata"]["namespace"],
+                         "labels": {imports.CRON_LABEL: cron["metadata"]["name"]}},
+            "spec": {"volumeSnapshotClassName": snapshot_class, "source": {"persistentVolumeClaimName": name}}}
+
+
+def _point_data_source(ctx: Context, cron: Body, wanted: Body) -> None:
     meta = cron["metadata"]
     managed = str((cron.get("spec") or {}).get("managedDataSource") or "")
     if not managed:
         return
-    wanted = {"pvc": {"namespace": meta["namespace"], "name": claim}}
     existing = ctx.cache.get(res.DATASOURCE, meta["namespace"], managed)
     if existing is None:
         ctx.kube.create(res.DATASOURCE, {
@@ -123,7 +157,7 @@ def _point_data_source(ctx: Context, cron: Body, claim: str) -> None:
                          "labels": {imports.CRON_LABEL: meta["name"]}},
             "spec": {"source": wanted}})
     elif (existing.get("spec") or {}).get("source") != wanted:
-        # a merge patch of ``source`` replaces it whole: null the other kinds a user may have set
-        source = {"pvc": wanted["pvc"], "snapshot": None, "dataSource": None}
+        # a merge patch of ``source`` merges: null the kinds not wanted (a user's, or the other format's)
+        source = {"pvc": None, "snapshot": None, "dataSource": None, **wanted}
         ctx.kube.patch(res.DATASOURCE, meta["namespace"], managed, {"spec": {"source": source}})
-        log.info("%s/%s: DataSource %s now points at %s", meta["namespace"], meta["name"], managed, claim)
+        log.info("%s/%s: DataSource %s now points at %s", meta["namespace"], meta["name"], managed, wanted)
