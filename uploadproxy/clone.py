@@ -32,6 +32,7 @@ import json
 import logging
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from aiohttp import web
@@ -99,6 +100,10 @@ class ImageJob:
         self.acknowledged = 0
         self.position = 0
         self.preallocate = settings.preallocation
+        if settings.is_block:  # checked before opening: a refused device is left as it was
+            device_size = _device_size(settings.destination)
+            if size > device_size:
+                raise ImageTooLarge(size, device_size, "clone source size")
         self.target = DiskTarget(settings.target(False))
         try:
             self.target.check_fits(size, "clone source size")
@@ -241,6 +246,14 @@ class ArchiveJob:
             await self.unpacked
         except Exception as failure:  # the error we just caused, or the extractor's own
             log.info("the archive clone stopped: %s", failure)
+
+
+def _device_size(path: Path) -> int:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return os.lseek(fd, 0, os.SEEK_END)
+    finally:
+        os.close(fd)
 
 
 def archive_capacity(settings: ServerSettings) -> int | None:
