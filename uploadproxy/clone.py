@@ -69,7 +69,7 @@ class CloneJob(Protocol):
     size: int
     acknowledged: int
 
-    async def extent(self, offset: int, length: int, encoding: int, payload: bytes) -> None: ...
+    async def extents(self, batch: "Batch") -> None: ...
 
     async def segment(self, end: int, digest: bytes) -> None: ...
 
@@ -113,8 +113,12 @@ class ImageJob:
             raise
         self.written: list[tuple[int, int]] = []
 
-    async def extent(self, offset: int, length: int, encoding: int, payload: bytes) -> None:
-        await _in_thread(self._write, offset, length, encoding, payload)
+    async def extents(self, batch: "Batch") -> None:
+        await _in_thread(self._write_all, batch)
+
+    def _write_all(self, batch: "Batch") -> None:
+        for offset, length, encoding, payload in batch:
+            self._write(offset, length, encoding, payload)
 
     def _write(self, offset: int, length: int, encoding: int, payload: bytes) -> None:
         if offset < self.position or offset + length > self.size:
@@ -200,12 +204,19 @@ class ArchiveJob:
         self.unpacked: asyncio.Future[ImportResult] = loop.run_in_executor(
             None, run_import, source, spec, ImportOptions(content_type="archive"))
 
-    async def extent(self, offset: int, length: int, encoding: int, payload: bytes) -> None:
+    async def extents(self, batch: "Batch") -> None:
+        await _in_thread(self._take_all, batch)
+
+    def _take_all(self, batch: "Batch") -> None:
+        for offset, length, encoding, payload in batch:
+            self._take(offset, length, encoding, payload)
+
+    def _take(self, offset: int, length: int, encoding: int, payload: bytes) -> None:
         if offset != self.position:
             raise ProtocolError(f"an archive extent at {offset}, expected {self.position}")
         if self.buffered + length > MAX_ARCHIVE_SEGMENT:
             raise ProtocolError(f"an archive segment longer than {MAX_ARCHIVE_SEGMENT} bytes")
-        data = await _in_thread(wire.decode_payload, length, encoding, payload) if encoding else payload
+        data = wire.decode_payload(length, encoding, payload)
         self.hash.update(offset, data)
         self.buffer.append(data)
         self.buffered += length
@@ -388,21 +399,47 @@ class CloneReceiver:
 _TYPE = 1
 
 
+Batch = list[tuple[int, int, int, bytes]]
+"""Extents as received: offset, length, encoding, payload."""
+BATCH = 1 << 20
+
+
 async def receive(request: web.Request, job: CloneJob) -> CloneResult:
-    """Read frames until ``D``; each extent is written while the next frame is read. A cut
-    or a cancellation waits for the write in flight, so a resume starts from a quiet target;
-    a failed write outranks the cut that followed it."""
+    """Read frames until ``D``. Extents are applied in batches of about :data:`BATCH` bytes
+    (one hop to a worker thread each), one batch written while the next is read. A cut or a
+    cancellation waits for the write in flight, so a resume starts from a quiet target; a
+    failed write outranks the cut that followed it."""
+    content = request.content
     pending: asyncio.Future[None] | None = None
+    batch: Batch = []
+    size = 0
     try:
         while True:
-            kind = await _read(request.content, _TYPE)
+            kind = await _read(content, _TYPE)
+            if kind == wire.EXTENT:
+                batch.append(await _extent(content))
+                size += len(batch[-1][3])
+                if size < BATCH:
+                    continue
+            elif kind not in (wire.SEGMENT, wire.DONE):
+                raise ProtocolError(f"unknown clone frame {kind!r}")
             if pending is not None:
                 await pending
                 pending = None
-            if kind == wire.DONE:
-                (end,) = wire.DONE_BODY.unpack(await _read(request.content, wire.DONE_BODY.size))
+            if batch:
+                pending = asyncio.ensure_future(job.extents(batch))
+                batch, size = [], 0
+            if kind == wire.EXTENT:
+                continue
+            if pending is not None:
+                await pending
+                pending = None
+            if kind == wire.SEGMENT:
+                end, digest = wire.SEGMENT_BODY.unpack(await _read(content, wire.SEGMENT_BODY.size))
+                await job.segment(end, digest)
+            else:
+                (end,) = wire.DONE_BODY.unpack(await _read(content, wire.DONE_BODY.size))
                 return await job.done(end)
-            pending = await _apply(request.content, job, kind)
     except BaseException:
         if pending is not None:
             await asyncio.wait([pending])
@@ -411,18 +448,10 @@ async def receive(request: web.Request, job: CloneJob) -> CloneResult:
         raise
 
 
-async def _apply(content: Any, job: CloneJob, kind: bytes) -> "asyncio.Future[None] | None":
-    """One ``E`` (started, returned to await later) or ``S`` (done here) frame."""
-    if kind == wire.EXTENT:
-        offset, length, encoding, size = wire.EXTENT_HEAD.unpack(await _read(content, wire.EXTENT_HEAD.size))
-        wire.check_extent_head(length, encoding, size)
-        payload = await _read(content, size)
-        return asyncio.ensure_future(job.extent(offset, length, encoding, payload))
-    if kind == wire.SEGMENT:
-        end, digest = wire.SEGMENT_BODY.unpack(await _read(content, wire.SEGMENT_BODY.size))
-        await job.segment(end, digest)
-        return None
-    raise ProtocolError(f"unknown clone frame {kind!r}")
+async def _extent(content: Any) -> tuple[int, int, int, bytes]:
+    offset, length, encoding, size = wire.EXTENT_HEAD.unpack(await _read(content, wire.EXTENT_HEAD.size))
+    wire.check_extent_head(length, encoding, size)
+    return offset, length, encoding, await _read(content, size)
 
 
 async def _read(content: Any, size: int) -> bytes:
