@@ -155,6 +155,20 @@ class DiskTarget:
         if position < len(data):
             self._zero(offset + position, len(data) - position)
 
+    def zero_range(self, offset: int, length: int) -> None:
+        """Make ``[offset, offset+length)`` read as zeros without sending zeros: nothing on a
+        new file (holes), a punched hole on a device (written zeros when preallocating, or
+        where the device cannot punch). For writers that know where the holes are (clones)."""
+        if length <= 0:
+            return
+        end = offset + length
+        if self.capacity is not None and end > self.capacity:
+            raise ImageTooLarge(end, self.capacity, "image data")
+        if self.is_block and self.preallocate:
+            self._zero_fill(offset, end)
+        else:
+            self._zero(offset, length)
+
     def _pwrite(self, offset: int, data: bytes | memoryview) -> None:
         view = memoryview(data)
         while view:

@@ -15,7 +15,8 @@ path                                    mode   body       note
 ======================================  =====  =========  ==================================
 
 Ours: ``/v1beta1/upload-resumable`` (the offset protocol in :mod:`uploadproxy.resumable`) and
-the ``Upload-*`` headers below.
+the ``Upload-*`` headers below; ``/v1beta1/clone``, where a cloner pod sends a host-assisted
+clone (:mod:`uploadproxy.clone`), server only: not in :data:`PROXY_PATHS`, never proxied.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ FORM_ASYNC = "/v1beta1/upload-form-async"
 ARCHIVE = "/v1beta1/upload-archive"
 RESUMABLE = "/v1beta1/upload-resumable"
 CLONE = "/v1beta1/clone"
-"""Host-assisted clones: the cloner pod's stream of data extents (server only; the proxy never forwards it)."""
+"""The clone path at the upload server; the controller gives the cloner
+``https://cdi-upload-<pvc>.<ns>.svc:8443`` + ``CLONE`` as ``UPLOAD_URL``."""
 
 CHECKSUM_HEADER = "Upload-Checksum"
 """``<md5|sha1|sha256|sha512>:<hex>`` of the whole file as sent; the server verifies it."""

@@ -7,7 +7,9 @@ where the controller reads the importer's; CDI reports none for uploads); every 
 (:mod:`uploadproxy.upload`) and our resumable protocol (:mod:`uploadproxy.resumable`).
 
 The process ends when its job is done, as CDI's does, writing the termination message the
-controller reads: ``Upload Complete`` (exit 0) after a successful upload; ``Deadline Passed``
+controller reads: ``Upload Complete`` (exit 0) after a successful upload, ``Clone Complete`` (exit 0) after a
+clone in clone mode (:mod:`uploadproxy.clone`, reachable only with the client certificate,
+never through the proxy); ``Deadline Passed``
 with ``deadlinePassed: true`` (exit 0) when ``DEADLINE`` comes while no upload is running, so
 the controller starts a fresh pod with fresh certificates; and a failure message (exit 1) when
 an async upload fails after its client was told the bytes were accepted.
@@ -28,8 +30,9 @@ from importer.errors import CdiImportError
 from importer.pipeline import ImportResult
 
 from . import eventloop
+from .clone import CloneReceiver, CloneResult
 from .errors import http_message
-from .paths import HEALTHZ, RESUMABLE, ROUTES
+from .paths import CLONE, HEALTHZ, RESUMABLE, ROUTES
 from .resumable import Resumable
 from .session import Session, Uploads
 from .settings import ServerSettings
@@ -70,7 +73,8 @@ class UploadServer:
     def __init__(self, settings: ServerSettings) -> None:
         self.settings = settings.checked()
         self.uploads = Uploads(settings, on_outcome=self._outcome)
-        self.outcome: asyncio.Future[ImportResult] | None = None
+        self.clones = CloneReceiver(self.settings, self.uploads, on_done=self._clone_done)
+        self.outcome: asyncio.Future[ImportResult | CloneResult] | None = None
         self.port = 0
         self._runner: web.AppRunner | None = None
 
@@ -82,6 +86,7 @@ class UploadServer:
         for path in ROUTES:
             app.router.add_route("*", path, one_shot.handle)
         app.router.add_route("*", RESUMABLE, Resumable(self.uploads, self.settings.resume_timeout).handle)
+        app.router.add_route("*", CLONE, self.clones.handle)
         return app
 
     async def _metrics(self, request: web.Request) -> web.Response:
@@ -104,6 +109,7 @@ class UploadServer:
 
     async def stop(self) -> None:
         await self.uploads.abort("the upload server stopped before the upload finished")
+        await self.clones.abort("the upload server stopped before the clone finished")
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -125,6 +131,14 @@ class UploadServer:
         if self.outcome is not None and not self.outcome.done():
             self.outcome.set_exception(outcome)
 
+    def _clone_done(self, result: CloneResult) -> None:
+        write_termination(self.settings.termination_message_path, {
+            "message": "Clone Complete", "scratchSpaceRequired": False, "deadlinePassed": False,
+            "preallocationApplied": result.preallocated, "virtualSize": result.size, "route": "clone",
+            "contentType": result.content_type})
+        if self.outcome is not None and not self.outcome.done():
+            self.outcome.set_result(result)
+
     async def run_until_done(self) -> int:
         """Serve until the upload completes (0), an acknowledged upload fails (1), or the
         deadline passes while idle (0)."""
@@ -144,7 +158,7 @@ class UploadServer:
 
     def _deadline_passed(self) -> bool:
         deadline = self.settings.deadline
-        if deadline is None or self.uploads.busy:
+        if deadline is None or self.uploads.busy or self.clones.busy:
             return False
         now = datetime.datetime.now(deadline.tzinfo or datetime.timezone.utc)
         if deadline.tzinfo is None:

@@ -1,0 +1,144 @@
+"""Cuts, restarts and corruption: the clone resumes from the server's acknowledged offset,
+and a write that does not match what the cloner read is caught.
+
+Behaviours under test:
+- a connection cut mid-clone (a relay that drops it after N bytes): the cloner asks the server
+  where it is and sends from that offset, not from 0; the result is identical to the source;
+- the cloner killed mid-clone and started again (a pod restart): the new process resumes from
+  the acknowledged offset, superseding the dead connection the server still holds open;
+  meanwhile the cloner served ``kubevirt_cdi_clone_progress_total{ownerUID}`` on HTTPS;
+- a corrupted write on the target (one flipped byte) fails the segment's verification: the
+  cloner exits 2 with ``ChecksumError``, the partial image is removed, the server stays up.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+import requests
+
+from importer.target import DiskTarget
+from tests.cloner.conftest import ServerFactory
+from tests.cloner.harness import (CLONER_NAME, MiB, ClonePki, cloner_env, finish_cloner, run_cloner, sparse_image,
+                                  start_cloner)
+from tests.cloner.test_clone import sha256
+from tests.servers.ports import free_port
+from tests.uploadproxy.cutter import UploadCutter
+from tests.uploadproxy.harness import LoopThread, start_server
+from uploadproxy.paths import CLONE
+from uploadproxy.settings import ServerSettings
+
+SIZE = 256 * MiB
+
+
+@pytest.fixture
+def source(tmp_path: Path) -> tuple[Path, int]:
+    image = tmp_path / "source" / "disk.img"
+    return image, sparse_image(image, SIZE, extents=1000, seed=21)
+
+
+def test_cut_resumes_from_acknowledged_offset(source: tuple[Path, int], clone_pki: ClonePki,
+                                              target_server: ServerFactory, tmp_path: Path) -> None:
+    image, data = source
+    target = tmp_path / "target" / "disk.img"
+    target.parent.mkdir()
+    server = target_server(target, size="256Mi")
+    cutter = UploadCutter(server.port, at=data // 2)
+    try:
+        url = f"https://127.0.0.1:{cutter.port}{CLONE}"
+        run = run_cloner(cloner_env(clone_pki, url, tmp_path, source=image.parent, CLONE_SEGMENT_BYTES="4Mi"),
+                         tmp_path)
+    finally:
+        cutter.close()
+    assert run.returncode == 0, run.log
+    assert cutter.cuts == 1
+    first, resumed = run.termination["resumedFrom"]
+    assert first == 0 and 0 < resumed < SIZE
+    assert run.termination["dataBytes"] < 2 * data - data // 4  # not everything again
+    assert server.wait() == 0 and server.termination()["message"] == "Clone Complete"
+    assert sha256(target) == sha256(image)
+
+
+def test_killed_cloner_restarts_and_resumes(source: tuple[Path, int], clone_pki: ClonePki,
+                                            target_server: ServerFactory, tmp_path: Path) -> None:
+    image, data = source
+    target = tmp_path / "target" / "disk.img"
+    target.parent.mkdir()
+    server = target_server(target, size="256Mi")
+    metrics_port = free_port()
+    scraped: list[str] = []
+    process_box: list[Any] = []
+
+    def kill_mid_way() -> None:
+        scraped.append(requests.get(f"https://127.0.0.1:{metrics_port}/metrics", verify=False, timeout=10).text)
+        process_box[0].kill()
+
+    cutter = UploadCutter(server.port, at=data // 2, stall=60, on_cut=kill_mid_way)
+    try:
+        env = cloner_env(clone_pki, f"https://127.0.0.1:{cutter.port}{CLONE}", tmp_path, source=image.parent,
+                         CLONE_SEGMENT_BYTES="4Mi", CLONE_METRICS_PORT=str(metrics_port))
+        process_box.append(start_cloner(env, tmp_path))
+        assert process_box[0].wait(120) == -9
+        env["UPLOAD_URL"] = server.url  # the relay still holds the old connection open
+        run = finish_cloner(start_cloner(env, tmp_path), tmp_path)
+    finally:
+        cutter.close()
+    assert run.returncode == 0, run.log
+    (resumed,) = run.termination["resumedFrom"]
+    assert 0 < resumed < SIZE
+    assert run.termination["dataBytes"] < data  # the second run sent only the rest
+    assert server.wait() == 0 and server.termination()["message"] == "Clone Complete"
+    assert sha256(target) == sha256(image)
+    match = re.search(r'kubevirt_cdi_clone_progress_total\{ownerUID="([^"]+)"\} ([0-9.]+)', scraped[0])
+    assert match and match.group(1) == env["OWNER_UID"]
+    assert 0 < float(match.group(2)) < 100
+
+
+@pytest.fixture
+def loop_thread() -> Iterator[LoopThread]:
+    thread = LoopThread()
+    yield thread
+    thread.stop()
+
+
+def test_corrupted_write_is_caught(source: tuple[Path, int], clone_pki: ClonePki, loop_thread: LoopThread,
+                                   tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    image, _ = source
+    volume = tmp_path / "target"
+    volume.mkdir()
+    settings = ServerSettings(tls_cert=clone_pki.server.cert, tls_key=clone_pki.server.key,
+                              client_ca=clone_pki.client_ca.cert, client_name=CLONER_NAME,
+                              destination=volume / "disk.img", image_size=SIZE, address="127.0.0.1", port=0,
+                              termination_message_path=tmp_path / "server.termination")
+    writes = [0]
+    lock = threading.Lock()
+    original = DiskTarget._pwrite
+
+    def corrupting(self: DiskTarget, offset: int, data: bytes | memoryview) -> None:
+        with lock:
+            writes[0] += 1
+            flip = writes[0] == 40  # one byte of one write, well into the clone
+        if flip:
+            damaged = bytearray(data)
+            damaged[len(damaged) // 2] ^= 0x01
+            data = bytes(damaged)
+        original(self, offset, data)
+
+    monkeypatch.setattr(DiskTarget, "_pwrite", corrupting)
+    handle = start_server(loop_thread, settings)
+    try:
+        url = f"https://127.0.0.1:{handle.server.port}{CLONE}"
+        run = run_cloner(cloner_env(clone_pki, url, tmp_path, source=image.parent, CLONE_SEGMENT_BYTES="4Mi"),
+                         tmp_path)
+        assert run.returncode == 2, run.log
+        assert run.termination["reason"] == "ChecksumError" and run.termination["fatalError"] is True
+        assert "does not verify" in run.termination["message"]
+        assert writes[0] >= 40
+        assert list(volume.iterdir()) == []  # the partial image is gone
+        assert handle.server.outcome is not None and not handle.server.outcome.done()
+    finally:
+        loop_thread.run(handle.server.stop())
