@@ -141,6 +141,11 @@ def _follow(ctx: Context, target: Body, source: CloneSource, pod: Body) -> None:
 
 
 def _remove_cloner(ctx: Context, target: Body, source: CloneSource) -> None:
+    """The cloner's pod goes when the clone ends (kept with ``retainAfterCompletion``, as the
+    upload server is, unless the target itself is going)."""
+    annotations = target["metadata"].get("annotations") or {}
+    if annotations.get(ann.RETAIN_AFTER_COMPLETION) == "true" and not target["metadata"].get("deletionTimestamp"):
+        return
     if ctx.cache.get(res.POD, source.namespace, cloner_pod.pod_name(target)) is not None:
         ctx.kube.delete(res.POD, source.namespace, cloner_pod.pod_name(target))  # its Secret goes with it
 

@@ -17,8 +17,12 @@ Behaviours under test (CDI's, ref section 5, and issue 11):
 
 from __future__ import annotations
 
+import os
+import random
+import re
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -242,3 +246,139 @@ def test_sourceref_clones_what_the_datasource_names(
     name = custom.create_namespaced_custom_object(GROUP, VERSION, golden, "datavolumes", body)["metadata"]["name"]
     succeeded(custom, golden, name, controller)
     assert same_bytes(core, images, golden, name)
+
+
+# -- host-assisted copies: the cloner and upload-server pods ------------------------------------------
+
+GIB, MIB, EXTENT = 1 << 30, 1 << 20, 64 << 10
+
+
+def filled_volume(custom: client.CustomObjectsApi, core: client.CoreV1Api, ns: str, name: str, controller: Controller,
+                  mode: str = "Filesystem", size: str = "1Gi", every: int = MIB, seed: int = 1) -> Path:
+    """A blank volume with random 64 KiB extents written every ``every`` bytes (holes between),
+    written on the host into the CSI volume, as a guest would have left its disk."""
+    create_dv(custom, ns, name, {"blank": {}}, storage={"volumeMode": mode, "resources": {"requests": {"storage": size}}})
+    succeeded(custom, ns, name, controller)
+    path = volume_path(core, ns, name)
+    rng = random.Random(seed)
+    with path.open("r+b") as disk:
+        length = disk.seek(0, os.SEEK_END)
+        for offset in range(0, length - EXTENT, every):
+            disk.seek(offset)
+            disk.write(rng.randbytes(EXTENT))
+    return path
+
+
+def digest(path: Path, length: int) -> str:
+    return sha256_prefix(path, length)
+
+
+def allocated(path: Path) -> int:
+    return path.stat().st_blocks * 512
+
+
+@pytest.fixture
+def copy_strategy(strategy: Any) -> None:
+    strategy("copy")
+
+
+def test_copy_clone_of_a_sparse_gigabyte(custom: client.CustomObjectsApi, core: client.CoreV1Api, golden: str,
+                                         controller: Controller, copy_strategy: None) -> None:
+    source = filled_volume(custom, core, golden, "sparse", controller)
+    length = source.stat().st_size
+    create_dv(custom, golden, "sparse-copy", {"pvc": {"namespace": golden, "name": "sparse"}}, storage={})
+    dv = succeeded(custom, golden, "sparse-copy", controller, timeout=300)
+    assert dv["status"]["progress"] == "100.0%"
+    target = volume_path(core, golden, "sparse-copy")
+    assert target.stat().st_size == length and digest(target, length) == digest(source, length)
+    assert allocated(target) <= allocated(source), (allocated(target), allocated(source))
+    pvc = core.read_namespaced_persistent_volume_claim("sparse-copy", golden)
+    assert pvc.metadata.annotations[f"{A}/cloneType"] == "copy"
+    assert pvc.metadata.annotations["k8s.io/CloneRequest"] == f"{golden}/sparse"
+    reasons = [r for _, r, _ in events_for(core, golden, "sparse-copy")]
+    assert "CloneScheduled" in reasons and "CloneSucceeded" in reasons
+    wait_for("the cloner and upload pods gone", lambda: not core.list_namespaced_pod(golden).items, 60)
+    assert not [s for s in core.list_namespaced_secret(golden).items if s.metadata.name.startswith("cdi-clone-tls-")]
+
+
+def test_copy_between_volume_modes_falls_back_from_snapshot(
+        custom: client.CustomObjectsApi, core: client.CoreV1Api, golden: str, controller: Controller,
+        strategy: Any) -> None:
+    """Filesystem to Block, Block to Filesystem, Block to Block. With the snapshot strategy the two
+    mode-changing clones fall back to a copy and say why; Block to Block is a snapshot clone."""
+    strategy("snapshot")
+    files = filled_volume(custom, core, golden, "fs-src", controller, size="256Mi", every=4 * MIB, seed=2)
+    block = filled_volume(custom, core, golden, "blk-src", controller, mode="Block", size="256Mi", every=4 * MIB,
+                          seed=3)
+    cases = {"fs-to-blk": ("fs-src", "Block", files), "blk-to-fs": ("blk-src", "Filesystem", block),
+             "blk-to-blk": ("blk-src", "Block", block)}
+    for name, (source, mode, _) in cases.items():
+        create_dv(custom, golden, name, {"pvc": {"namespace": golden, "name": source}},
+                  storage={"volumeMode": mode, "resources": {"requests": {"storage": "300Mi"}}})
+    for name, (_, _, source_path) in cases.items():
+        succeeded(custom, golden, name, controller, timeout=300)
+        length = source_path.stat().st_size if source_path.is_file() else 0
+        length = min(length, volume_path(core, golden, name).stat().st_size)
+        assert digest(volume_path(core, golden, name), length) == digest(source_path, length), name
+    notes = {name: core.read_namespaced_persistent_volume_claim(name, golden).metadata.annotations for name in cases}
+    assert notes["fs-to-blk"][f"{A}/cloneFallbackReason"] == "IncompatibleVolumeModes"
+    assert notes["blk-to-fs"][f"{A}/cloneType"] == "copy"
+    assert "IncompatibleVolumeModes" in [r for _, r, _ in events_for(core, golden, "blk-to-fs")]
+    assert notes["blk-to-blk"][f"{A}/cloneType"] == "snapshot"
+
+
+def test_copy_waits_while_the_source_is_in_use(custom: client.CustomObjectsApi, core: client.CoreV1Api, golden: str,
+                                               cluster: Cluster, images: dict[str, Image], controller: Controller,
+                                               copy_strategy: None) -> None:
+    core.create_namespaced_pod(golden, user_of("disk", cluster.images["pause"]))
+    wait_for("the user pod running", lambda: core.read_namespaced_pod("vm", golden).status.phase == "Running", 60)
+    create_dv(custom, golden, "busy-copy", {"pvc": {"namespace": golden, "name": "disk"}}, size="64Mi")
+    dv = wait_for("CloneSourceInUse", lambda: (d := get_dv(custom, golden, "busy-copy")) and
+                  condition(d, "Running").get("reason") == "CloneSourceInUse" and d, 90, controller)
+    assert dv["status"]["phase"] == "CloneScheduled" and "vm" in condition(dv, "Running")["message"]
+    assert ("Warning", "CloneSourceInUse") in [(t, r) for t, r, _ in events_for(core, golden, "busy-copy")]
+    core.delete_namespaced_pod("vm", golden, grace_period_seconds=0)
+    succeeded(custom, golden, "busy-copy", controller)
+    assert same_bytes(core, images, golden, "busy-copy")
+
+
+def in_progress(custom: client.CustomObjectsApi, ns: str, name: str, controller: Controller) -> dict[str, Any]:
+    def check() -> dict[str, Any] | None:
+        dv = get_dv(custom, ns, name) or {}
+        phase = (dv.get("status") or {}).get("phase")
+        assert phase != "Succeeded", "the clone ended before the test could interrupt it"
+        return dv if phase == "CloneInProgress" else None
+    found: dict[str, Any] = wait_for(f"{name} CloneInProgress", check, 120, controller)
+    return found
+
+
+def test_copy_resumes_after_its_pod_is_killed(custom: client.CustomObjectsApi, core: client.CoreV1Api, golden: str,
+                                              controller: Controller, copy_strategy: None) -> None:
+    source = filled_volume(custom, core, golden, "dense", controller, size="512Mi", every=EXTENT, seed=4)
+    create_dv(custom, golden, "resumed", {"pvc": {"namespace": golden, "name": "dense"}}, storage={},
+              annotations={f"{A}/storage.pod.retainAfterCompletion": "true"})
+    dv = in_progress(custom, golden, "resumed", controller)
+    first = f"{dv['metadata']['uid']}-source-pod"
+    first_uid = core.read_namespaced_pod(first, golden).metadata.uid
+    core.delete_namespaced_pod(first, golden, grace_period_seconds=0)
+    succeeded(custom, golden, "resumed", controller, timeout=300)
+    length = source.stat().st_size
+    assert digest(volume_path(core, golden, "resumed"), length) == digest(source, length)
+    second = core.read_namespaced_pod(first, golden)
+    assert second.metadata.uid != first_uid
+    log = core.read_namespaced_pod_log(first, golden)
+    offsets = [int(m) for m in re.findall(r"from offset (\d+) of", log)]
+    assert offsets and offsets[0] > 0, log[-2000:]
+
+
+def test_deleting_a_dv_mid_clone_cleans_up(custom: client.CustomObjectsApi, core: client.CoreV1Api, golden: str,
+                                           ns: str, controller: Controller, copy_strategy: None) -> None:
+    filled_volume(custom, core, golden, "dense2", controller, size="512Mi", every=EXTENT, seed=5)
+    create_dv(custom, golden, "doomed", {"pvc": {"namespace": golden, "name": "dense2"}}, storage={})
+    in_progress(custom, golden, "doomed", controller)
+    custom.delete_namespaced_custom_object(GROUP, VERSION, golden, "datavolumes", "doomed")
+    wait_for("the clone's pods, Secrets and PVC gone", lambda: not [
+        p for p in core.list_namespaced_pod(golden).items] and not [
+        s for s in core.list_namespaced_secret(golden).items if s.metadata.name.startswith(("cdi-clone", "cdi-upload"))]
+        and not core.list_namespaced_persistent_volume_claim(golden, field_selector="metadata.name=doomed").items,
+        120, controller)
