@@ -357,8 +357,8 @@ def test_copy_resumes_after_its_pod_is_killed(custom: client.CustomObjectsApi, c
     source = filled_volume(custom, core, golden, "dense", controller, size="512Mi", every=EXTENT, seed=4)
     create_dv(custom, golden, "resumed", {"pvc": {"namespace": golden, "name": "dense"}}, storage={},
               annotations={f"{A}/storage.pod.retainAfterCompletion": "true"})
-    dv = in_progress(custom, golden, "resumed", controller)
-    first = f"{dv['metadata']['uid']}-source-pod"
+    in_progress(custom, golden, "resumed", controller)
+    first = f"{core.read_namespaced_persistent_volume_claim('resumed', golden).metadata.uid}-source-pod"  # CDI's name
     first_uid = core.read_namespaced_pod(first, golden).metadata.uid
     core.delete_namespaced_pod(first, golden, grace_period_seconds=0)
     succeeded(custom, golden, "resumed", controller, timeout=300)
