@@ -77,6 +77,8 @@ POD_PRIORITY_CLASS = f"{STORAGE}.pod.priorityclassname"
 POD_SERVICE_ACCOUNT = f"{STORAGE}.pod.serviceAccountName"
 USE_POPULATOR = f"{STORAGE}.usePopulator"
 PRE_POPULATED = f"{STORAGE}.prePopulated"
+POPULATED_FOR = f"{STORAGE}.populatedFor"
+"""On a PVC: the name of the DataVolume it was populated for (it takes it as it is)."""
 
 # -- on StorageClasses and StorageProfiles -----------------------------------------------------
 DEFAULT_VIRT_CLASS = "storageclass.kubevirt.io/is-default-virt-class"

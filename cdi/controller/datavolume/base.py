@@ -137,7 +137,8 @@ def _existing_claim(ctx: Context, dv: Body, pvc: Body, status: Body, before: Bod
     """A PVC the DataVolume did not make: adopt it, take it as pre-populated, or refuse it."""
     name = pvc["metadata"]["name"]
     adopt = _adoption_allowed(ctx, dv)
-    if adopt or _annotation(dv, ann.PRE_POPULATED) is not None:
+    populated = _annotation(dv, ann.PRE_POPULATED) is not None or _annotation(pvc, ann.POPULATED_FOR) == name
+    if adopt or populated:
         if adopt and not any(ref.get("controller") for ref in pvc["metadata"].get("ownerReferences") or []):
             refs = [*(pvc["metadata"].get("ownerReferences") or []), _owner_reference(dv)]
             ctx.kube.patch(res.PVC, pvc["metadata"]["namespace"], name, {"metadata": {"ownerReferences": refs}})
