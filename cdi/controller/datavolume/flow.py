@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from ..config import ControllerConfig
 from ..context import Context
 from ..phases import EventType, Phase
 
@@ -64,3 +65,31 @@ class Flow(Protocol):
 
     def progress_pod(self, pvc: Body) -> tuple[str, str] | None:
         """(namespace, name) of the pod whose metric gives the progress."""
+
+
+class WorkerFlow:
+    """What the flows with one worker pod in the target's namespace share (import, upload): the
+    claim carries the flow's annotations, the phase and the Running condition come from the pod's
+    state mirrored on the PVC, the progress from that pod's metric."""
+
+    pod_annotation: str
+    """The PVC annotation naming the worker pod."""
+
+    def claim_annotations(self, dv: Body, config: ControllerConfig) -> dict[str, str]:
+        raise NotImplementedError
+
+    def worker_phase(self, annotations: dict[str, str], claim_name: str) -> tuple[Phase, Event] | None:
+        raise NotImplementedError
+
+    def prepare(self, ctx: Context, dv: Body, spec: Body) -> Claim | Wait:
+        return Claim(spec, self.claim_annotations(dv, ctx.config()))
+
+    def follow(self, ctx: Context, dv: Body, pvc: Body) -> tuple[Phase, Event] | None:
+        return self.worker_phase(pvc["metadata"].get("annotations") or {}, pvc["metadata"]["name"])
+
+    def running_annotations(self, annotations: dict[str, str]) -> dict[str, str]:
+        return annotations
+
+    def progress_pod(self, pvc: Body) -> tuple[str, str] | None:
+        name = (pvc["metadata"].get("annotations") or {}).get(self.pod_annotation)
+        return (pvc["metadata"]["namespace"], name) if name else None

@@ -13,9 +13,8 @@ from typing import Any
 
 from .. import annotations as ann
 from ..config import ControllerConfig
-from ..context import Context
 from ..phases import EventType, Phase
-from .flow import Claim, Event, Wait
+from .flow import Event, WorkerFlow
 
 SERVED = ("http", "s3", "registry", "blank")
 
@@ -56,7 +55,7 @@ def source_annotations(kind: str, source: dict[str, Any]) -> dict[str, str]:
     return out
 
 
-class ImportFlow:
+class ImportFlow(WorkerFlow):
     component = "datavolume-import-controller"
     progress_phase: Phase | None = Phase.IMPORT_IN_PROGRESS
     pod_annotation = ann.IMPORT_POD_NAME
@@ -68,19 +67,6 @@ class ImportFlow:
         if kind == "registry" and not source.get("url"):
             return "UnsupportedSource", "registry imports from an imageStream are not supported; give a url"
         return None
-
-    def prepare(self, ctx: Context, dv: dict[str, Any], spec: dict[str, Any]) -> Claim | Wait:
-        return Claim(spec, self.claim_annotations(dv, ctx.config()))
-
-    def follow(self, ctx: Context, dv: dict[str, Any], pvc: dict[str, Any]) -> tuple[Phase, Event] | None:
-        return self.worker_phase(pvc["metadata"].get("annotations") or {}, pvc["metadata"]["name"])
-
-    def running_annotations(self, annotations: dict[str, str]) -> dict[str, str]:
-        return annotations
-
-    def progress_pod(self, pvc: dict[str, Any]) -> tuple[str, str] | None:
-        name = (pvc["metadata"].get("annotations") or {}).get(self.pod_annotation)
-        return (pvc["metadata"]["namespace"], name) if name else None
 
     def claim_annotations(self, dv: dict[str, Any], config: ControllerConfig) -> dict[str, str]:
         kind, source = source_of(dv)

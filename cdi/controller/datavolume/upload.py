@@ -14,16 +14,15 @@ from typing import Any
 
 from .. import annotations as ann
 from ..config import ControllerConfig
-from ..context import Context
 from ..phases import EventType, Phase
-from .flow import Claim, Event, Wait
+from .flow import Event, WorkerFlow
 
 NOT_CONFIGURED = ("UploadNotConfigured",
                   "this controller has no upload-server CA (UPLOADSERVER_CA_CERT_FILE/UPLOADSERVER_CA_KEY_FILE "
                   "and UPLOADPROXY_CLIENT_CA_FILE), so it cannot run upload servers")
 
 
-class UploadFlow:
+class UploadFlow(WorkerFlow):
     component = "datavolume-upload-controller"
     progress_phase: Phase | None = Phase.UPLOAD_READY
     """While the upload runs the server reports how far it got (CDI shows N/A for uploads)."""
@@ -34,19 +33,6 @@ class UploadFlow:
 
     def refusal(self, dv: dict[str, Any]) -> tuple[str, str] | None:
         return None if self.configured else NOT_CONFIGURED
-
-    def prepare(self, ctx: Context, dv: dict[str, Any], spec: dict[str, Any]) -> Claim | Wait:
-        return Claim(spec, self.claim_annotations(dv, ctx.config()))
-
-    def follow(self, ctx: Context, dv: dict[str, Any], pvc: dict[str, Any]) -> tuple[Phase, Event] | None:
-        return self.worker_phase(pvc["metadata"].get("annotations") or {}, pvc["metadata"]["name"])
-
-    def running_annotations(self, annotations: dict[str, str]) -> dict[str, str]:
-        return annotations
-
-    def progress_pod(self, pvc: dict[str, Any]) -> tuple[str, str] | None:
-        name = (pvc["metadata"].get("annotations") or {}).get(self.pod_annotation)
-        return (pvc["metadata"]["namespace"], name) if name else None
 
     def claim_annotations(self, dv: dict[str, Any], config: ControllerConfig) -> dict[str, str]:
         spec = dv.get("spec") or {}
