@@ -88,7 +88,8 @@ class CloneFlow:
         if source.kind is SourceKind.SNAPSHOT:
             name = smart.snapshot_in_target_namespace(ctx, dv, source_body, Phase.CLONE_FROM_SNAPSHOT_SOURCE_IN_PROGRESS)
             return Claim(smart.restore_from(spec, name), annotations)
-        _ensure_unused(ctx, source)
+        if ctx.cache.get(res.VOLUMESNAPSHOT, source.namespace, smart.temp_name(dv)) is None:
+            _ensure_unused(ctx, source)  # a live pod list: only until the storage has taken its copy
         if plan.strategy is Strategy.CSI_CLONE:
             return Claim(smart.clone_of(spec, source), annotations)
         snapshot = smart.source_snapshot(ctx, dv, source, plan.snapshot_class)
