@@ -47,7 +47,10 @@ def succeeded(custom: client.CustomObjectsApi, ns: str, name: str, controller: C
         status = (dv or {}).get("status") or {}
         assert status.get("phase") != "Failed", status
         return dv if status.get("phase") == "Succeeded" else None
-    result: dict[str, Any] = wait_for(f"{name} Succeeded", done, timeout, controller)
+    try:
+        result: dict[str, Any] = wait_for(f"{name} Succeeded", done, timeout, controller)
+    except AssertionError as timed_out:  # say where it stopped, not only that it did
+        raise AssertionError(f"{timed_out}\nlast status: {(get_dv(custom, ns, name) or {}).get('status')}") from None
     return result
 
 
@@ -227,6 +230,8 @@ def test_claim_adoption_and_prepopulated(custom: client.CustomObjectsApi, core: 
     assert dv["status"]["claimName"] == "adopted"
     owners = core.read_namespaced_persistent_volume_claim("adopted", ns).metadata.owner_references
     assert [(o.kind, o.name) for o in owners] == [("DataVolume", "adopted")]
+    annotations = core.read_namespaced_persistent_volume_claim("adopted", ns).metadata.annotations
+    assert annotations[f"{A}/storage.populatedFor"] == "adopted"  # CDI's mark: later passes keep it Succeeded
     succeeded(custom, ns, "mine", controller)
     assert not core.read_namespaced_persistent_volume_claim("mine", ns).metadata.owner_references
     assert core.list_namespaced_pod(ns).items == []

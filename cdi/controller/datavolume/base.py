@@ -72,7 +72,7 @@ def reconcile(ctx: Context, namespace: str, name: str) -> float | None:
                                                                    outcome.message))
             return outcome.again
         pvc = outcome
-    elif not _owned_by(pvc, dv):
+    elif not _owned_by(pvc, dv) or _annotation(pvc, ann.POPULATED_FOR) == name:
         return _existing_claim(ctx, dv, pvc, status, before, flow)
     event = _status_from_claim(ctx, dv, pvc, status, flow)
     _finish(ctx, dv, before, status, flow.component, event)
@@ -139,9 +139,8 @@ def _existing_claim(ctx: Context, dv: Body, pvc: Body, status: Body, before: Bod
     adopt = _adoption_allowed(ctx, dv)
     populated = _annotation(dv, ann.PRE_POPULATED) is not None or _annotation(pvc, ann.POPULATED_FOR) == name
     if adopt or populated:
-        if adopt and not any(ref.get("controller") for ref in pvc["metadata"].get("ownerReferences") or []):
-            refs = [*(pvc["metadata"].get("ownerReferences") or []), _owner_reference(dv)]
-            ctx.kube.patch(res.PVC, pvc["metadata"]["namespace"], name, {"metadata": {"ownerReferences": refs}})
+        if adopt:
+            _adopt(ctx, dv, pvc)
         status["claimName"] = name
         conditions.bound(status["conditions"], pvc)
         status["phase"], status["progress"] = Phase.SUCCEEDED.value, "100.0%"
@@ -154,6 +153,19 @@ def _existing_claim(ctx: Context, dv: Body, pvc: Body, status: Body, before: Bod
     _pending(status, Reason.ERR_RESOURCE_EXISTS, message)
     _finish(ctx, dv, before, status, flow.component, Event(EventType.WARNING, Reason.ERR_RESOURCE_EXISTS, message))
     return None
+
+
+def _adopt(ctx: Context, dv: Body, pvc: Body) -> None:
+    """Own the PVC and mark it populated for the DataVolume (CDI's mark), so that later passes,
+    which now see a PVC the DataVolume owns, keep it Succeeded rather than wait for an import."""
+    meta = pvc["metadata"]
+    patch: Body = {}
+    if _annotation(pvc, ann.POPULATED_FOR) != meta["name"]:
+        patch["annotations"] = {ann.POPULATED_FOR: meta["name"]}
+    if not any(ref.get("controller") for ref in meta.get("ownerReferences") or []):
+        patch["ownerReferences"] = [*(meta.get("ownerReferences") or []), _owner_reference(dv)]
+    if patch:
+        ctx.kube.patch(res.PVC, meta["namespace"], meta["name"], {"metadata": patch})
 
 
 def _worker_pod_annotations(dv: Body) -> dict[str, str]:
