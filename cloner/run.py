@@ -79,6 +79,7 @@ class Cloner:
         return 0
 
     def _counted(self, frames: Prefetch) -> Iterator[bytes]:
-        for frame in frames:
-            self.counters.wire_bytes += len(frame)
-            yield frame
+        for data, position in frames:
+            self.counters.wire_bytes += len(data)
+            yield data
+            self.counters.sent(position)  # the connection took it and came back for more

@@ -85,7 +85,7 @@ def _in_thread(function: Callable[..., Any], *args: Any) -> "asyncio.Future[Any]
 
 
 def _digest_mismatch(expected: bytes, actual: bytes, end: int) -> ChecksumMismatch:
-    error = ChecksumMismatch("sha256", expected.hex(), actual.hex())
+    error = ChecksumMismatch("blake3", expected.hex(), actual.hex())
     error.args = (f"the clone's data before offset {end} does not verify: {error}",)
     return error
 
