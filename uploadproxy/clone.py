@@ -195,6 +195,7 @@ class ArchiveJob:
         if capacity is not None and size > capacity:
             raise ImageTooLarge(size, capacity, "clone source size (files plus per-file overhead)")
         self.size = size
+        self.settings_path = spec.path
         self.acknowledged = self.position = 0
         self.buffer: list[bytes] = []
         self.buffered = 0
@@ -243,6 +244,9 @@ class ArchiveJob:
     async def done(self, end: int) -> CloneResult:
         if end != self.acknowledged or self.buffered:
             raise ProtocolError(f"the archive ended at {end} with {self.acknowledged} bytes verified")
+        if end == 0:  # an empty source volume: no tar at all, nothing to unpack
+            await self.abort(UploadInterrupted("an empty archive clone"))
+            return CloneResult(str(self.settings_path), "archive", 0, 0, False)
         self.channel.end()
         result = await self.unpacked
         return CloneResult(result.path, "archive", end, result.disk_size, False)
