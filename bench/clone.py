@@ -19,7 +19,7 @@ result is checked against the source (sha256). The source stays in the page cach
 three (so disk read speed is not measured); every way ends with the target on disk (ours
 fsyncs before it answers; ``sync FILE`` after ``cp`` and after the tar pipeline, timed).
 
-    .venv/bin/python bench/clone.py [--size-mib 4096] [--repeat 3]
+    .venv/bin/python bench/clone.py [--size-mib 4096] [--repeat 3] [--mixed]
 """
 
 from __future__ import annotations
@@ -51,8 +51,10 @@ MiB = 1 << 20
 CLONER_NAME = "bench-cloner"
 
 
-def make_source(path: Path, size: int, seed: int = 1) -> int:
-    """Half random data in 64 KiB extents at random places, half holes; returns data bytes."""
+def make_source(path: Path, size: int, seed: int = 1, mixed: bool = False) -> int:
+    """Half data in 64 KiB extents at random places, half holes; returns data bytes. The data
+    is fresh random bytes, or (``mixed``) each extent half random, half text (about 2:1 for
+    zstd, like an OS disk)."""
     rng = random.Random(seed)
     extent = 64 * 1024
     slots = size // extent
@@ -62,7 +64,12 @@ def make_source(path: Path, size: int, seed: int = 1) -> int:
         out.truncate(size)
         for slot in chosen:
             out.seek(slot * extent)
-            out.write(os.urandom(extent))
+            if mixed:
+                text = b"".join(b"/usr/lib/x86_64-linux-gnu/lib%d.so.%d\n" % (rng.randrange(999), i)
+                                for i in range(1200))[:extent // 2]
+                out.write(os.urandom(extent // 2) + text)
+            else:
+                out.write(os.urandom(extent))
     return len(chosen) * extent
 
 
@@ -245,17 +252,18 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--size-mib", type=int, default=4096)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--mixed", action="store_true", help="half-compressible data instead of random")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="cdi-bench-clone-", dir=os.environ.get("BENCH_DIR", "/var/tmp")))
     try:
-        run(Bench(work), args.size_mib * MiB, args.repeat)
+        run(Bench(work), args.size_mib * MiB, args.repeat, args.mixed)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def run(bench: Bench, size: int, repeat: int) -> None:
+def run(bench: Bench, size: int, repeat: int, mixed: bool) -> None:
     print(f"generating a {size // MiB} MiB source in {bench.work} ...", flush=True)
-    data = make_source(bench.source, size)
+    data = make_source(bench.source, size, mixed=mixed)
     expected = sha256(bench.source)
     ways = [Way("cp --sparse=always (the limit)"), Way("tar -cS | zstd -1 | curl -T (CDI-like)"),
             Way("cloner -> upload server (ours)")]

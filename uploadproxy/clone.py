@@ -33,7 +33,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Awaitable, Callable, Protocol, TypeVar
 
 from aiohttp import web
 
@@ -50,6 +50,7 @@ from .session import Uploads
 from .settings import ServerSettings
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 MAX_ARCHIVE_SEGMENT = 64 << 20
 READ_BACK = 1 << 20
 
@@ -440,15 +441,27 @@ async def receive(request: web.Request, job: CloneJob) -> CloneResult:
                 pending = None
             if kind == wire.SEGMENT:
                 end, digest = wire.SEGMENT_BODY.unpack(await _read(content, wire.SEGMENT_BODY.size))
-                await job.segment(end, digest)
+                await _whole(job.segment(end, digest))
             else:
                 (end,) = wire.DONE_BODY.unpack(await _read(content, wire.DONE_BODY.size))
-                return await job.done(end)
+                return await _whole(job.done(end))
     except BaseException:
         if pending is not None:
             await asyncio.wait([pending])
             if not pending.cancelled() and pending.exception() is not None:
                 raise pending.exception() from None  # type: ignore[misc]
+        raise
+
+
+async def _whole(step: Awaitable[T]) -> T:
+    """Run ``step`` to its end even if the request is cancelled (superseded): a segment half
+    verified on a worker thread, or half handed to the extractor, must not overlap the next
+    request's rewind."""
+    task = asyncio.ensure_future(step)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await asyncio.wait([task])
         raise
 
 

@@ -187,3 +187,28 @@ def test_empty_archive(clone_pki: ClonePki, target_server: ServerFactory, tmp_pa
     assert run.returncode == 0, run.log
     assert server.wait() == 0 and server.termination()["message"] == "Clone Complete"
     assert list(target.iterdir()) == []
+
+
+def test_answer_lost_after_completion(source: tuple[Path, int], clone_pki: ClonePki, loop_thread: LoopThread,
+                                      tmp_path: Path) -> None:
+    """A cloner that restarts after the server completed (its 200 lost with the connection)
+    finds the clone done and exits 0 without sending again. (A pod's server exits at once;
+    this one is kept running in-process to answer.)"""
+    image, _ = source
+    volume = tmp_path / "target"
+    volume.mkdir()
+    settings = ServerSettings(tls_cert=clone_pki.server.cert, tls_key=clone_pki.server.key,
+                              client_ca=clone_pki.client_ca.cert, client_name=CLONER_NAME,
+                              destination=volume / "disk.img", image_size=SIZE, address="127.0.0.1", port=0,
+                              termination_message_path=tmp_path / "server.termination")
+    handle = start_server(loop_thread, settings)
+    try:
+        env = cloner_env(clone_pki, f"https://127.0.0.1:{handle.server.port}{CLONE}", tmp_path,
+                         source=image.parent)
+        assert run_cloner(env, tmp_path).returncode == 0
+        again = run_cloner(env, tmp_path)
+        assert again.returncode == 0, again.log
+        assert again.termination["bytesSent"] == 0 and again.termination["resumedFrom"] == []
+        assert sha256(volume / "disk.img") == sha256(image)
+    finally:
+        loop_thread.run(handle.server.stop())
