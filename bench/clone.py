@@ -16,10 +16,10 @@ directory on the same filesystem:
 Prints seconds (median of ``--repeat``), MB/s of source size, the ratio to ``cp``, bytes on the
 wire (HTTP body) and the peak RSS of the sending and receiving processes (``wait4``). Each
 result is checked against the source (sha256). The source stays in the page cache for all
-three (so disk read speed is not measured; writes are, each way ends with its data on disk
-as it leaves it: ours fsyncs, cp and tar do not).
+three (so disk read speed is not measured); every way ends with the target on disk (ours
+fsyncs before it answers; ``sync FILE`` after ``cp`` and after the tar pipeline, timed).
 
-    .venv/bin/python bench/clone.py [--size-mib 4096] [--repeat 3]
+    .venv/bin/python bench/clone.py [--size-mib 4096] [--repeat 3] [--mixed]
 """
 
 from __future__ import annotations
@@ -34,9 +34,11 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -49,8 +51,10 @@ MiB = 1 << 20
 CLONER_NAME = "bench-cloner"
 
 
-def make_source(path: Path, size: int, seed: int = 1) -> int:
-    """Half random data in 64 KiB extents at random places, half holes; returns data bytes."""
+def make_source(path: Path, size: int, seed: int = 1, mixed: bool = False) -> int:
+    """Half data in 64 KiB extents at random places, half holes; returns data bytes. The data
+    is fresh random bytes, or (``mixed``) each extent half random, half text (about 2:1 for
+    zstd, like an OS disk)."""
     rng = random.Random(seed)
     extent = 64 * 1024
     slots = size // extent
@@ -60,21 +64,69 @@ def make_source(path: Path, size: int, seed: int = 1) -> int:
         out.truncate(size)
         for slot in chosen:
             out.seek(slot * extent)
-            out.write(os.urandom(extent))
+            if mixed:
+                text = b"".join(b"/usr/lib/x86_64-linux-gnu/lib%d.so.%d\n" % (rng.randrange(999), i)
+                                for i in range(1200))[:extent // 2]
+                out.write(os.urandom(extent // 2) + text)
+            else:
+                out.write(os.urandom(extent))
     return len(chosen) * extent
 
 
-def wait_rss(process: subprocess.Popen[bytes], timeout: float = 1800) -> tuple[int, float]:
-    """Exit status and peak RSS (MiB) of a child (and its waited-for children), once it exited."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        pid, status, usage = os.wait4(process.pid, os.WNOHANG)
-        if pid:
-            process.returncode = os.waitstatus_to_exitcode(status)
-            return process.returncode, usage.ru_maxrss / 1024
-        time.sleep(0.02)
-    process.kill()
-    raise TimeoutError(f"{process.args} did not exit")
+class PeakRss:
+    """Peak RSS of a process and its descendants, sampled from ``/proc`` (``VmHWM``, the
+    kernel's own high-water mark, per process). ``wait4``'s ``ru_maxrss`` would count the
+    Python parent's memory that a child had until its ``exec``."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.peaks: dict[int, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            for pid in self._tree(self.pid):
+                try:
+                    status = Path(f"/proc/{pid}/status").read_text()
+                except OSError:
+                    continue
+                for line in status.splitlines():
+                    if line.startswith("VmHWM:"):
+                        self.peaks[pid] = max(self.peaks.get(pid, 0), int(line.split()[1]))
+            time.sleep(0.01)
+
+    def _tree(self, pid: int) -> list[int]:
+        pids = [pid]
+        try:
+            for task in Path(f"/proc/{pid}/task").iterdir():
+                for child in (task / "children").read_text().split():
+                    pids += self._tree(int(child))
+        except OSError:
+            pass
+        return pids
+
+    def stop(self) -> tuple[float, float]:
+        """(largest single process, sum over the processes) in MiB."""
+        self._stop.set()
+        self._thread.join()
+        values = list(self.peaks.values()) or [0]
+        return max(values) / 1024, sum(values) / 1024
+
+
+def waited(process: subprocess.Popen[bytes], peak: PeakRss, timeout: float = 1800) -> tuple[int, float]:
+    """Exit status and peak RSS (MiB, summed over a pipeline's processes) once it exited."""
+    try:
+        status = process.wait(timeout)
+    finally:
+        _, total = peak.stop()
+    return status, total
+
+
+def started(args: list[str], **kwargs: Any) -> tuple[subprocess.Popen[bytes], PeakRss]:
+    process = subprocess.Popen(args, **kwargs)
+    return process, PeakRss(process.pid)
 
 
 def sha256(path: Path) -> str:
@@ -140,29 +192,30 @@ class Bench:
 
     def cp(self, way: Way) -> None:
         target = self.fresh_target()
-        started = time.perf_counter()
-        process = subprocess.Popen(["cp", "--sparse=always", str(self.source), str(target)])
-        _, rss = wait_rss(process)
-        way.seconds.append(time.perf_counter() - started)
+        begin = time.perf_counter()
+        _, rss = waited(*started(["cp", "--sparse=always", str(self.source), str(target)]))
+        subprocess.run(["sync", str(target)], check=True)  # on disk, as ours leaves it
+        way.seconds.append(time.perf_counter() - begin)
         way.sender_rss.append(rss)
         way.wire.append(0)
 
     def cdi_like(self, way: Way) -> None:
         target = self.fresh_target()
         port = free_port()
-        sink = subprocess.Popen([sys.executable, __file__, "sink", str(port), str(self.server.cert),
-                                 str(self.server.key), str(self.target)], cwd=ROOT)
+        sink, sink_peak = started([sys.executable, __file__, "sink", str(port), str(self.server.cert),
+                                   str(self.server.key), str(self.target)], cwd=ROOT)
         wait_listening(port)
         counted = self.work / "wire-bytes"
         command = (f"tar -cS -C {self.source.parent} disk.img | zstd -1 -q -c | tee >(wc -c > {counted}) | "
                    f"curl -sS -f -o /dev/null --cacert {self.server_ca} -T - https://127.0.0.1:{port}/upload")
-        started = time.perf_counter()
-        sender = subprocess.Popen(["bash", "-c", command])
-        status, rss = wait_rss(sender)
-        way.seconds.append(time.perf_counter() - started)
+        begin = time.perf_counter()
+        status, rss = waited(*started(["bash", "-c", command]))
+        way.seconds.append(time.perf_counter() - begin)
         assert status == 0, "the tar | zstd | curl pipeline failed"
+        subprocess.run(["sync", str(target)], check=True)
+        way.seconds[-1] = time.perf_counter() - begin
         sink.terminate()
-        _, sink_rss = wait_rss(sink)
+        _, sink_rss = waited(sink, sink_peak)
         way.sender_rss.append(rss)
         way.receiver_rss.append(sink_rss)
         way.wire.append(int(counted.read_text().strip() or 0))
@@ -176,20 +229,19 @@ class Bench:
                "UPLOAD_IMAGE_SIZE": str(self.source.stat().st_size), "FILESYSTEM_OVERHEAD": "0",
                "UPLOAD_SERVER_ADDRESS": "127.0.0.1", "UPLOAD_SERVER_PORT": str(port),
                "TERMINATION_MESSAGE_PATH": str(self.work / "server.termination")}
-        server = subprocess.Popen([sys.executable, "-m", "uploadproxy.server"], cwd=ROOT, env=env,
-                                  stderr=open(self.work / "server.log", "ab"))
+        server, server_peak = started([sys.executable, "-m", "uploadproxy.server"], cwd=ROOT, env=env,
+                                      stderr=open(self.work / "server.log", "ab"))
         wait_listening(port)
         cloner_env = {**os.environ, "UPLOAD_URL": f"https://127.0.0.1:{port}{CLONE}",
                       "CLIENT_CERT_FILE": str(self.cloner.cert), "CLIENT_KEY_FILE": str(self.cloner.key),
                       "SERVER_CA_FILE": str(self.server_ca), "SOURCE_VOLUME_MODE": "Filesystem",
                       "CONTENT_TYPE": "kubevirt", "CLONE_SOURCE_DIR": str(self.source.parent),
                       "CLONE_METRICS_PORT": "0", "TERMINATION_MESSAGE_PATH": str(self.work / "cloner.termination")}
-        started = time.perf_counter()
-        cloner = subprocess.Popen([sys.executable, "-m", "cloner"], cwd=ROOT, env=cloner_env,
-                                  stderr=open(self.work / "cloner.log", "ab"))
-        status, cloner_rss = wait_rss(cloner)
-        server_status, server_rss = wait_rss(server)
-        way.seconds.append(time.perf_counter() - started)
+        begin = time.perf_counter()
+        status, cloner_rss = waited(*started([sys.executable, "-m", "cloner"], cwd=ROOT, env=cloner_env,
+                                             stderr=open(self.work / "cloner.log", "ab")))
+        server_status, server_rss = waited(server, server_peak)
+        way.seconds.append(time.perf_counter() - begin)
         assert status == 0 and server_status == 0, (self.work / "cloner.log").read_text()[-2000:]
         way.sender_rss.append(cloner_rss)
         way.receiver_rss.append(server_rss)
@@ -200,17 +252,18 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--size-mib", type=int, default=4096)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--mixed", action="store_true", help="half-compressible data instead of random")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="cdi-bench-clone-", dir=os.environ.get("BENCH_DIR", "/var/tmp")))
     try:
-        run(Bench(work), args.size_mib * MiB, args.repeat)
+        run(Bench(work), args.size_mib * MiB, args.repeat, args.mixed)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def run(bench: Bench, size: int, repeat: int) -> None:
+def run(bench: Bench, size: int, repeat: int, mixed: bool) -> None:
     print(f"generating a {size // MiB} MiB source in {bench.work} ...", flush=True)
-    data = make_source(bench.source, size)
+    data = make_source(bench.source, size, mixed=mixed)
     expected = sha256(bench.source)
     ways = [Way("cp --sparse=always (the limit)"), Way("tar -cS | zstd -1 | curl -T (CDI-like)"),
             Way("cloner -> upload server (ours)")]

@@ -19,6 +19,8 @@ from importer.clonewire import RAW, SegmentHash, WireCompressor, encode_done, en
 from .source import CloneSource
 
 QUEUE_DEPTH = 8
+Framed = tuple[bytes, int]
+"""Frame bytes and the source offset they reach."""
 BATCH = 1 << 20
 """Frames are handed to the sender in pieces of about this size."""
 
@@ -32,8 +34,13 @@ class Counters:
     extents: int = 0
     compressed: int = 0
     position: int = 0
-    """The source offset sent up to (progress)."""
+    """The source offset sent up to (handed to the connection): the progress."""
     listeners: list[Callable[[int], None]] = field(default_factory=list)
+
+    def sent(self, position: int) -> None:
+        self.position = position
+        for listener in self.listeners:
+            listener(position)
 
 
 @dataclass
@@ -45,23 +52,23 @@ class Segmenter:
     compress: bool = True
     counters: Counters = field(default_factory=Counters)
 
-    def frames(self) -> Iterator[bytes]:
-        """Every frame from ``start`` to the end of the source, in order."""
+    def frames(self) -> Iterator[Framed]:
+        """Every frame from ``start`` to the end of the source, in order, each with the source
+        offset it reaches."""
         compressor = WireCompressor() if self.compress else None
         segment, segment_start, segment_bytes = SegmentHash(), self.start, 0
         end = self.start
         for offset, data in self.source.extents(self.start):
             segment.update(offset, data)
-            yield self._extent(offset, data, compressor)
             end = offset + len(data)
+            yield self._extent(offset, data, compressor), end
             segment_bytes += len(data)
             if segment_bytes >= self.segment_data or end - segment_start >= self.segment_span:
-                yield encode_segment(end, segment.digest())
+                yield encode_segment(end, segment.digest()), end
                 segment, segment_start, segment_bytes = SegmentHash(), end, 0
         final = max(end, self.source.size) if self.source.content_type == "kubevirt" else end
-        yield encode_segment(final, segment.digest())
-        yield encode_done(final)
-        self._advance(final)
+        yield encode_segment(final, segment.digest()), final
+        yield encode_done(final), final
 
     def _extent(self, offset: int, data: bytes, compressor: WireCompressor | None) -> bytes:
         payload, encoding = compressor.encode(data) if compressor is not None else (data, RAW)
@@ -70,21 +77,15 @@ class Segmenter:
         counters.extents += 1
         counters.data_bytes += len(data)
         counters.compressed += encoding != RAW
-        self._advance(offset + len(data))
         return frame
-
-    def _advance(self, position: int) -> None:
-        self.counters.position = position
-        for listener in self.counters.listeners:
-            listener(position)
 
 
 class Prefetch:
     """Runs a frame iterator on a thread; iterate to receive, :meth:`stop` to abandon."""
 
-    def __init__(self, frames: Iterator[bytes]) -> None:
+    def __init__(self, frames: Iterator[Framed]) -> None:
         self._frames = frames
-        self._queue: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=QUEUE_DEPTH)
+        self._queue: queue.Queue[Framed | BaseException | None] = queue.Queue(maxsize=QUEUE_DEPTH)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="frames", daemon=True)
         self._thread.start()
@@ -92,15 +93,15 @@ class Prefetch:
     def _run(self) -> None:
         try:
             batch: list[bytes] = []
-            size = 0
-            for frame in self._frames:  # small extents go out together: fewer writes and records
+            size = position = 0
+            for frame, position in self._frames:  # small extents go out together: fewer writes, records
                 batch.append(frame)
                 size += len(frame)
                 if size >= BATCH:
-                    if not self._put(b"".join(batch)):
+                    if not self._put((b"".join(batch), position)):
                         return
                     batch, size = [], 0
-            if batch and not self._put(b"".join(batch)):
+            if batch and not self._put((b"".join(batch), position)):
                 return
             self._put(None)
         except BaseException as error:  # raised again on the sending side
@@ -110,7 +111,7 @@ class Prefetch:
             if close is not None:
                 close()
 
-    def _put(self, item: bytes | BaseException | None) -> bool:
+    def _put(self, item: Framed | BaseException | None) -> bool:
         while not self._stop.is_set():
             try:
                 self._queue.put(item, timeout=0.2)
@@ -119,7 +120,7 @@ class Prefetch:
                 continue
         return False
 
-    def __iter__(self) -> Iterator[bytes]:
+    def __iter__(self) -> Iterator[Framed]:
         while (item := self._queue.get()) is not None:
             if isinstance(item, BaseException):
                 raise item

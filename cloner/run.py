@@ -52,7 +52,12 @@ class Cloner:
                             self.counters.data_bytes, self.resumed_from, time.monotonic() - started)
 
     def _attempt(self) -> bool:
-        start = self._start_offset(self.client.state())
+        server = self.client.state()
+        if server.state == "done" and server.content_type == self.source.content_type:
+            log.info("the upload server already completed this clone (its answer was lost)")
+            self.finished = True
+            return True
+        start = self._start_offset(server)
         self.acknowledged = max(self.acknowledged, start)
         self.resumed_from.append(start)
         log.info("sending %s content from offset %d of %d", self.source.content_type, start, self.source.size)
@@ -69,7 +74,7 @@ class Cloner:
     def _start_offset(self, server: ServerState) -> int:
         """Resume where the server is, if it holds this clone; otherwise start a new one."""
         if server.state == "done":
-            raise InvalidSource("the target already holds a completed clone")
+            raise InvalidSource(f"the target already holds a completed {server.content_type} clone")
         if server.state == "failed" and server.permanent:
             raise CloneRefused(server.message, reason=server.reason, permanent=True)
         same = server.size == self.source.size and server.content_type == self.source.content_type
@@ -79,6 +84,7 @@ class Cloner:
         return 0
 
     def _counted(self, frames: Prefetch) -> Iterator[bytes]:
-        for frame in frames:
-            self.counters.wire_bytes += len(frame)
-            yield frame
+        for data, position in frames:
+            self.counters.wire_bytes += len(data)
+            yield data
+            self.counters.sent(position)  # the connection took it and came back for more

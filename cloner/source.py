@@ -145,8 +145,9 @@ class TreeSource:
             raise InvalidSource(f"the source volume {directory} is not a directory")
         self.directory = directory
         self.names = sorted(self._walk())
-        self.size = sum(ENTRY_OVERHEAD + self._file_size(name) for name in self.names)
-        self._stop = threading.Event()
+        self.size = ENTRY_OVERHEAD + sum(ENTRY_OVERHEAD + self._file_size(name) for name in self.names)
+        """What the importer's extractor charges (plus one entry, so an empty volume is not 0)."""
+        self._stops: list[threading.Event] = []
 
     def _walk(self) -> Iterator[str]:
         for root, dirs, files in os.walk(self.directory):
@@ -161,8 +162,12 @@ class TreeSource:
         return info.st_size if stat.S_ISREG(info.st_mode) else 0
 
     def extents(self, start: int) -> Iterator[Piece]:
+        if not self.names:
+            return  # nothing to send: an empty stream (tar would be only its zero end blocks)
         pieces: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=8)
-        thread = threading.Thread(target=self._tar, args=(pieces,), name="tar", daemon=True)
+        stop = threading.Event()  # one per stream: a resumed clone makes the tar again
+        self._stops.append(stop)
+        thread = threading.Thread(target=self._tar, args=(pieces, stop), name="tar", daemon=True)
         thread.start()
         position = 0
         try:
@@ -175,15 +180,15 @@ class TreeSource:
                     yield position + skip, piece[skip:]
                 position = end
         finally:
-            self._stop.set()
+            stop.set()
             while thread.is_alive():
                 try:
                     pieces.get(timeout=0.1)
                 except queue.Empty:
                     pass
 
-    def _tar(self, pieces: "queue.Queue[bytes | BaseException | None]") -> None:
-        sink = _QueueWriter(pieces, self._stop)
+    def _tar(self, pieces: "queue.Queue[bytes | BaseException | None]", stop: threading.Event) -> None:
+        sink = _QueueWriter(pieces, stop)
         try:
             with tarfile.open(fileobj=cast("IO[bytes]", sink), mode="w|", format=tarfile.PAX_FORMAT, bufsize=CHUNK) as tar:
                 for name in self.names:
@@ -207,7 +212,8 @@ class TreeSource:
             tar.addfile(info)
 
     def close(self) -> None:
-        self._stop.set()
+        for stop in self._stops:
+            stop.set()
 
 
 class _Stopped(Exception):

@@ -34,13 +34,21 @@ def test_importer_does_not_import_its_users() -> None:
     assert {k: v for k, v in offenders.items() if v} == {}
 
 
+def test_cloner_and_upload_server_do_not_import_each_other() -> None:
+    """They share :mod:`importer` (the clone stream's frames live in importer.clonewire)."""
+    pairs = (("cloner", "uploadproxy"), ("uploadproxy", "cloner"))
+    offenders = {str(path.relative_to(ROOT)) for package, other in pairs
+                 for path in (ROOT / package).rglob("*.py") if other in imported_modules(path)}
+    assert offenders == set()
+
+
 def test_mypy_strict() -> None:
-    proc = subprocess.run([sys.executable, "-m", "mypy", "cdi", "importer", "kubeenv", "uploadproxy"], cwd=ROOT,
+    proc = subprocess.run([sys.executable, "-m", "mypy", "cdi", "importer", "kubeenv", "uploadproxy", "cloner"], cwd=ROOT,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 def test_no_unused_or_undefined_names() -> None:
     proc = subprocess.run([sys.executable, "-m", "ruff", "check", "--select", "F,E9", "--line-length", "120",
-                           "cdi", "importer", "kubeenv", "uploadproxy", "tests", "bench"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+                           "cdi", "importer", "kubeenv", "uploadproxy", "cloner", "tests", "bench"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr

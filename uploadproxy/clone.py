@@ -13,268 +13,29 @@ frames are :mod:`importer.clonewire`'s. Requests:
   committed, after which the server ends as a finished upload does (``Clone Complete``). A new
   ``PUT`` supersedes one still running (a half-open connection from before a cut).
 
-Targets (:class:`ImageJob`): ``disk.img`` in the volume or the block device, written through
-:class:`importer.target.DiskTarget` (capacity checks, ``.disk.img.partial`` until commit,
-resize and preallocation as for uploads). Holes are never written: a file keeps them, a device
-gets them punched (zero-filled with ``PREALLOCATION``). Every segment is verified by reading
-back what was written and hashing it as the cloner hashed the source; a mismatch (a corrupted
-write) fails the clone permanently and removes the partial image. Archives
-(:class:`ArchiveJob`) are unpacked by the importer's own safe extractor (the same code as
-uploads of archives); their segments are held in memory until verified (bounded by
-:data:`MAX_ARCHIVE_SEGMENT`), then handed to it, so a cut never feeds it a byte twice.
+The targets themselves (image or archive, writing and verifying) are :mod:`uploadproxy.clonejobs`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import logging
-import os
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Awaitable, Callable, TypeVar
 
 from aiohttp import web
 
 from importer import clonewire as wire
-from importer.clonewire import ProtocolError, SegmentHash
-from importer.errors import CdiImportError, ChecksumMismatch, ImageTooLarge, InvalidSource
-from importer.pipeline import ImportOptions, ImportResult, run_import
-from importer.sources.upload import UploadSource
-from importer.target import DiskTarget, usable_space
+from importer.clonewire import ProtocolError
+from importer.errors import CdiImportError
 
-from .channel import ByteChannel, ConsumerGone
+from .clonejobs import ArchiveJob, Batch, CloneJob, CloneResult, ImageJob, in_thread
 from .errors import UploadInterrupted, http_message, http_status
 from .session import Uploads
 from .settings import ServerSettings
 
 log = logging.getLogger(__name__)
-MAX_ARCHIVE_SEGMENT = 64 << 20
-READ_BACK = 1 << 20
-
-
-@dataclass
-class CloneResult:
-    path: str
-    content_type: str
-    size: int
-    """Bytes of the source (kubevirt) or of the tar stream (archive)."""
-    disk_size: int
-    preallocated: bool
-
-
-class CloneJob(Protocol):
-    content_type: str
-    size: int
-    acknowledged: int
-
-    async def extents(self, batch: "Batch") -> None: ...
-
-    async def segment(self, end: int, digest: bytes) -> None: ...
-
-    async def done(self, end: int) -> CloneResult: ...
-
-    async def rewind(self) -> None: ...
-
-    async def abort(self, error: BaseException) -> None: ...
-
-
-def _in_thread(function: Callable[..., Any], *args: Any) -> "asyncio.Future[Any]":
-    return asyncio.get_running_loop().run_in_executor(None, function, *args)
-
-
-def _digest_mismatch(expected: bytes, actual: bytes, end: int) -> ChecksumMismatch:
-    error = ChecksumMismatch("sha256", expected.hex(), actual.hex())
-    error.args = (f"the clone's data before offset {end} does not verify: {error}",)
-    return error
-
-
-class ImageJob:
-    """kubevirt content: extents written in place, each segment read back and verified."""
-
-    content_type = "kubevirt"
-
-    def __init__(self, settings: ServerSettings, size: int) -> None:
-        self.size = size
-        self.acknowledged = 0
-        self.position = 0
-        self.preallocate = settings.preallocation
-        if settings.is_block:  # checked before opening: a refused device is left as it was
-            device_size = _device_size(settings.destination)
-            if size > device_size:
-                raise ImageTooLarge(size, device_size, "clone source size")
-        self.target = DiskTarget(settings.target(False))
-        try:
-            self.target.check_fits(size, "clone source size")
-            self.reader = os.open(self.target.work_path, os.O_RDONLY | os.O_CLOEXEC)
-        except BaseException:
-            self.target.abort()
-            raise
-        self.written: list[tuple[int, int]] = []
-
-    async def extents(self, batch: "Batch") -> None:
-        await _in_thread(self._write_all, batch)
-
-    def _write_all(self, batch: "Batch") -> None:
-        for offset, length, encoding, payload in batch:
-            self._write(offset, length, encoding, payload)
-
-    def _write(self, offset: int, length: int, encoding: int, payload: bytes) -> None:
-        if offset < self.position or offset + length > self.size:
-            raise ProtocolError(f"an extent at {offset} (+{length}) is out of order or past the "
-                                f"source's {self.size} bytes")
-        data = wire.decode_payload(length, encoding, payload)
-        self.target.zero_range(self.position, offset - self.position)
-        self.target.write_at(offset, data)
-        self.written.append((offset, length))
-        self.position = offset + length
-
-    async def segment(self, end: int, digest: bytes) -> None:
-        await _in_thread(self._verify, end, digest)
-
-    def _verify(self, end: int, digest: bytes) -> None:
-        if end < self.position or end > self.size:
-            raise ProtocolError(f"a segment ends at {end}, before its data or past the source")
-        self.target.zero_range(self.position, end - self.position)
-        hashed = SegmentHash()
-        for offset, length in self.written:
-            hashed.update(offset, self._read_back(offset, length))
-        if not hmac.compare_digest(hashed.digest(), digest):
-            raise _digest_mismatch(digest, hashed.digest(), end)
-        self.written.clear()
-        self.acknowledged = self.position = end
-
-    def _read_back(self, offset: int, length: int) -> bytes:
-        data = os.pread(self.reader, length, offset)
-        return data + bytes(length - len(data))  # a file shorter than written reads as a mismatch
-
-    async def done(self, end: int) -> CloneResult:
-        if end != self.size or self.acknowledged != self.size:
-            raise ProtocolError(f"the clone ended at {end} with {self.acknowledged} of {self.size} bytes verified")
-        disk_size = await _in_thread(self.target.commit, self.size)
-        os.close(self.reader)
-        return CloneResult(str(self.target.final_path), "kubevirt", self.size, disk_size, self.preallocate)
-
-    async def rewind(self) -> None:
-        await _in_thread(self._rewind)
-
-    def _rewind(self) -> None:
-        """Drop what came after the last verified segment: a new file is cut back, a device
-        zeroed, so a resumed stream writes on exactly what was acknowledged."""
-        self.written.clear()
-        highest = self.target.highest_written
-        if highest > self.acknowledged:
-            if self.target.is_block:
-                self.target.zero_range(self.acknowledged, highest - self.acknowledged)
-            else:
-                os.ftruncate(self.target.fd, self.acknowledged)
-            self.target.highest_written = self.acknowledged
-        self.position = self.acknowledged
-
-    async def abort(self, error: BaseException) -> None:
-        await _in_thread(self._abort)
-
-    def _abort(self) -> None:
-        if self.reader >= 0:
-            os.close(self.reader)
-            self.reader = -1
-        self.target.abort()
-
-
-class ArchiveJob:
-    """archive content: verified segments feed the importer's archive extractor."""
-
-    content_type = "archive"
-
-    def __init__(self, settings: ServerSettings, size: int, loop: asyncio.AbstractEventLoop) -> None:
-        if settings.is_block:
-            raise InvalidSource("archive content cannot be cloned into a Block volume")
-        spec = settings.target(archive=True)
-        capacity = archive_capacity(settings)
-        if capacity is not None and size > capacity:
-            raise ImageTooLarge(size, capacity, "clone source size (files plus per-file overhead)")
-        self.size = size
-        self.acknowledged = self.position = 0
-        self.buffer: list[bytes] = []
-        self.buffered = 0
-        self.hash = SegmentHash()
-        self.channel = ByteChannel(loop)
-        source = UploadSource(self.channel, None, name="clone")
-        self.unpacked: asyncio.Future[ImportResult] = loop.run_in_executor(
-            None, run_import, source, spec, ImportOptions(content_type="archive"))
-
-    async def extents(self, batch: "Batch") -> None:
-        await _in_thread(self._take_all, batch)
-
-    def _take_all(self, batch: "Batch") -> None:
-        for offset, length, encoding, payload in batch:
-            self._take(offset, length, encoding, payload)
-
-    def _take(self, offset: int, length: int, encoding: int, payload: bytes) -> None:
-        if offset != self.position:
-            raise ProtocolError(f"an archive extent at {offset}, expected {self.position}")
-        if self.buffered + length > MAX_ARCHIVE_SEGMENT:
-            raise ProtocolError(f"an archive segment longer than {MAX_ARCHIVE_SEGMENT} bytes")
-        data = wire.decode_payload(length, encoding, payload)
-        self.hash.update(offset, data)
-        self.buffer.append(data)
-        self.buffered += length
-        self.position += length
-
-    async def segment(self, end: int, digest: bytes) -> None:
-        if end != self.position:
-            raise ProtocolError(f"an archive segment ends at {end}, its data at {self.position}")
-        actual = self.hash.digest()
-        if not hmac.compare_digest(actual, digest):
-            raise _digest_mismatch(digest, actual, end)
-        try:
-            for data in self.buffer:
-                await self.channel.put(data)
-        except ConsumerGone:
-            await self.unpacked  # raises the extractor's error
-            raise
-        self._clear()
-        self.acknowledged = end
-
-    def _clear(self) -> None:
-        self.buffer, self.buffered, self.hash = [], 0, SegmentHash()
-
-    async def done(self, end: int) -> CloneResult:
-        if end != self.acknowledged or self.buffered:
-            raise ProtocolError(f"the archive ended at {end} with {self.acknowledged} bytes verified")
-        self.channel.end()
-        result = await self.unpacked
-        return CloneResult(result.path, "archive", end, result.disk_size, False)
-
-    async def rewind(self) -> None:
-        self._clear()
-        self.position = self.acknowledged
-
-    async def abort(self, error: BaseException) -> None:
-        self.channel.fail(error)
-        try:
-            await self.unpacked
-        except Exception as failure:  # the error we just caused, or the extractor's own
-            log.info("the archive clone stopped: %s", failure)
-
-
-def _device_size(path: Path) -> int:
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        return os.lseek(fd, 0, os.SEEK_END)
-    finally:
-        os.close(fd)
-
-
-def archive_capacity(settings: ServerSettings) -> int | None:
-    """The bytes an archive may take, computed as the importer's unpacking computes them."""
-    spec = settings.target(archive=True)
-    capacity = spec.size
-    st = os.statvfs(spec.path)
-    free = st.f_bavail * st.f_frsize
-    capacity = free if capacity is None else min(capacity, free)
-    return usable_space(capacity, spec.filesystem_overhead)
+T = TypeVar("T")
 
 
 class Cut(Exception):
@@ -351,7 +112,7 @@ class CloneReceiver:
     async def _new_job(self, size: int, content_type: str) -> CloneJob:
         if content_type == "archive":
             return ArchiveJob(self.settings, size, asyncio.get_running_loop())
-        job: ImageJob = await _in_thread(ImageJob, self.settings, size)
+        job: ImageJob = await in_thread(ImageJob, self.settings, size)
         return job
 
     async def put(self, request: web.Request) -> web.Response:
@@ -397,10 +158,7 @@ class CloneReceiver:
 
 
 _TYPE = 1
-
-
-Batch = list[tuple[int, int, int, bytes]]
-"""Extents as received: offset, length, encoding, payload."""
+"""Bytes of a frame's type."""
 BATCH = 1 << 20
 
 
@@ -436,15 +194,27 @@ async def receive(request: web.Request, job: CloneJob) -> CloneResult:
                 pending = None
             if kind == wire.SEGMENT:
                 end, digest = wire.SEGMENT_BODY.unpack(await _read(content, wire.SEGMENT_BODY.size))
-                await job.segment(end, digest)
+                await _whole(job.segment(end, digest))
             else:
                 (end,) = wire.DONE_BODY.unpack(await _read(content, wire.DONE_BODY.size))
-                return await job.done(end)
+                return await _whole(job.done(end))
     except BaseException:
         if pending is not None:
             await asyncio.wait([pending])
             if not pending.cancelled() and pending.exception() is not None:
                 raise pending.exception() from None  # type: ignore[misc]
+        raise
+
+
+async def _whole(step: Awaitable[T]) -> T:
+    """Run ``step`` to its end even if the request is cancelled (superseded): a segment half
+    verified on a worker thread, or half handed to the extractor, must not overlap the next
+    request's rewind."""
+    task = asyncio.ensure_future(step)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await asyncio.wait([task])
         raise
 
 

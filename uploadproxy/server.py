@@ -30,7 +30,8 @@ from importer.errors import CdiImportError
 from importer.pipeline import ImportResult
 
 from . import eventloop
-from .clone import CloneReceiver, CloneResult
+from .clone import CloneReceiver
+from .clonejobs import CloneResult
 from .errors import http_message
 from .paths import CLONE, HEALTHZ, RESUMABLE, ROUTES
 from .resumable import Resumable

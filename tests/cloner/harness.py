@@ -113,14 +113,14 @@ def start_cloner(env: dict[str, str], workdir: Path) -> subprocess.Popen[bytes]:
         log.close()
 
 
-def finish_cloner(process: subprocess.Popen[bytes], workdir: Path, timeout: float = 300) -> ClonerRun:
+def finish_cloner(process: subprocess.Popen[bytes], workdir: Path, timeout: float = 120) -> ClonerRun:
     code = process.wait(timeout)
     termination = workdir / "cloner.termination"
     return ClonerRun(code, json.loads(termination.read_text()) if termination.exists() else {},
                      (workdir / "cloner.log").read_text())
 
 
-def run_cloner(env: dict[str, str], workdir: Path, timeout: float = 300) -> ClonerRun:
+def run_cloner(env: dict[str, str], workdir: Path, timeout: float = 120) -> ClonerRun:
     return finish_cloner(start_cloner(env, workdir), workdir, timeout)
 
 

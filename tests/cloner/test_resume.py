@@ -142,3 +142,73 @@ def test_corrupted_write_is_caught(source: tuple[Path, int], clone_pki: ClonePki
         assert handle.server.outcome is not None and not handle.server.outcome.done()
     finally:
         loop_thread.run(handle.server.stop())
+
+
+def test_archive_cut_resumes(clone_pki: ClonePki, target_server: ServerFactory, tmp_path: Path) -> None:
+    """The tar is made again after the cut and the acknowledged part skipped: the extractor
+    sees every byte once."""
+    import random
+
+    rng = random.Random(8)
+    source = tmp_path / "source"
+    files = {f"dir{i % 3}/file{i}.bin": rng.randbytes(rng.randrange(1, 3 * MiB)) for i in range(24)}
+    for name, content in files.items():
+        (source / name).parent.mkdir(parents=True, exist_ok=True)
+        (source / name).write_bytes(content)
+    target = tmp_path / "target"
+    target.mkdir()
+    server = target_server(target / "disk.img", size="256Mi")
+    total = sum(map(len, files.values()))
+    cutter = UploadCutter(server.port, at=total // 2)
+    try:
+        url = f"https://127.0.0.1:{cutter.port}{CLONE}"
+        run = run_cloner(cloner_env(clone_pki, url, tmp_path, content="archive", source=source,
+                                    CLONE_SEGMENT_BYTES="2Mi"), tmp_path)
+    finally:
+        cutter.close()
+    assert run.returncode == 0, run.log
+    assert cutter.cuts == 1
+    first, resumed = run.termination["resumedFrom"]
+    assert first == 0 and resumed > 0
+    assert run.termination["dataBytes"] < 2 * total - total // 4
+    assert server.wait() == 0 and server.termination()["message"] == "Clone Complete"
+    for name, content in files.items():
+        assert (target / name).read_bytes() == content, name
+    assert sorted(p.name for p in target.iterdir()) == ["dir0", "dir1", "dir2"]
+
+
+def test_empty_archive(clone_pki: ClonePki, target_server: ServerFactory, tmp_path: Path) -> None:
+    source = tmp_path / "source"
+    (source / "lost+found").mkdir(parents=True)
+    target = tmp_path / "target"
+    target.mkdir()
+    server = target_server(target / "disk.img", size="16Mi")
+    run = run_cloner(cloner_env(clone_pki, server.url, tmp_path, content="archive", source=source), tmp_path)
+    assert run.returncode == 0, run.log
+    assert server.wait() == 0 and server.termination()["message"] == "Clone Complete"
+    assert list(target.iterdir()) == []
+
+
+def test_answer_lost_after_completion(source: tuple[Path, int], clone_pki: ClonePki, loop_thread: LoopThread,
+                                      tmp_path: Path) -> None:
+    """A cloner that restarts after the server completed (its 200 lost with the connection)
+    finds the clone done and exits 0 without sending again. (A pod's server exits at once;
+    this one is kept running in-process to answer.)"""
+    image, _ = source
+    volume = tmp_path / "target"
+    volume.mkdir()
+    settings = ServerSettings(tls_cert=clone_pki.server.cert, tls_key=clone_pki.server.key,
+                              client_ca=clone_pki.client_ca.cert, client_name=CLONER_NAME,
+                              destination=volume / "disk.img", image_size=SIZE, address="127.0.0.1", port=0,
+                              termination_message_path=tmp_path / "server.termination")
+    handle = start_server(loop_thread, settings)
+    try:
+        env = cloner_env(clone_pki, f"https://127.0.0.1:{handle.server.port}{CLONE}", tmp_path,
+                         source=image.parent)
+        assert run_cloner(env, tmp_path).returncode == 0
+        again = run_cloner(env, tmp_path)
+        assert again.returncode == 0, again.log
+        assert again.termination["bytesSent"] == 0 and again.termination["resumedFrom"] == []
+        assert sha256(volume / "disk.img") == sha256(image)
+    finally:
+        loop_thread.run(handle.server.stop())
