@@ -1,6 +1,6 @@
 """Peak memory and bytes written of a real ``cdi import`` child, route by route, over nginx.
 
-Behaviours under test (a 96 MiB disk, half random 4 KiB blocks in 64 KiB groups at random
+Behaviours under test (a 256 MiB disk, half random 4 KiB blocks in 64 KiB groups at random
 places and half holes, served by real nginx in several forms):
 
 * the importer's own peak RSS (VmHWM of the child) stays under 100 MiB on every route: raw,
@@ -27,7 +27,7 @@ from tests.servers.nginx import Nginx, start_nginx
 from tests.servers.pki import TestCA
 
 MiB = 1 << 20
-SIZE = 96 * MiB
+SIZE = 256 * MiB
 PEAK_RSS_BOUND = 100 * MiB
 
 
