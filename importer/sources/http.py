@@ -44,7 +44,7 @@ from . import SourceOptions
 from .base import Source, SourceInfo, redact, resuming_chunks, retry_after_seconds, retrying
 from .encoding import ContentDecoder, content_encoding
 from .guards import SpeedFloor, check_content_range, same_origin
-from .ranged import parallel_chunks
+from .ranged import adaptive_chunks
 from .tls import verify_setting
 
 log = logging.getLogger(__name__)
@@ -54,8 +54,6 @@ USER_AGENT = "cdi-py-importer"
 _CONNECT_PREFIX = "Unable to connect to http data source"
 PART = 4 * 1024 * 1024
 """Bytes per ranged GET when reading with several connections."""
-PIECE = 1024 * 1024
-"""A range's bytes are handed on in pieces of up to this size (or what came within 0.25 s)."""
 
 
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
@@ -230,18 +228,20 @@ class HttpSource(Source):
         return SourceInfo(size=self.size, random_access=random_access, name=self.name)
 
     def chunks(self, start: int = 0) -> Iterator[bytes]:
-        if self._parallel(start):
+        if self._parallel_allowed():
             assert self.size is not None
-            if self._first is not None:  # the parts are read by range instead
-                self._first.close()
-                self._first = None
-            return parallel_chunks(self._range_pieces, start, self.size, PART, self.options.connections)
+            return adaptive_chunks(self._stream, self._range_pieces, start, self.size, PART,
+                                   self.options.connections)
+        return self._stream(start)
+
+    def _stream(self, start: int) -> Iterator[bytes]:
+        """One GET from ``start`` (the first response when at 0), resumed after faults."""
         return resuming_chunks(self._open_at, start, self.options.retry, self.name)
 
-    def _parallel(self, start: int) -> bool:
-        """Ranges, a known size and more than one part to read: read with several connections."""
+    def _parallel_allowed(self) -> bool:
+        """Ranges that work and a known size: parallel ranges may be tried."""
         return (self.options.connections > 1 and self.accepts_ranges and not self.encoding
-                and not self._ranges_ignored and self.size is not None and self.size - start > PART)
+                and not self._ranges_ignored and self.size is not None)
 
     def _open_at(self, offset: int) -> Iterator[bytes]:
         if offset == 0 and self._first is not None:
@@ -349,7 +349,7 @@ class HttpSource(Source):
         """``count`` body bytes (never more); ending short is a temporary fault."""
         got = 0
         try:
-            for piece in _coalesced(response.raw, limit=PIECE):
+            for piece in _coalesced(response.raw):
                 piece = piece[:count - got]
                 got += len(piece)
                 yield piece
@@ -394,9 +394,8 @@ class HttpSource(Source):
         self._local = threading.local()
 
 
-def _coalesced(raw: urllib3.response.BaseHTTPResponse, linger: float = 0.25,
-               limit: int = CHUNK) -> Iterator[bytes]:
-    """The body in chunks of up to ``limit`` bytes, handed on early when the link is slow.
+def _coalesced(raw: urllib3.response.BaseHTTPResponse, linger: float = 0.25) -> Iterator[bytes]:
+    """The body in chunks of up to CHUNK bytes, handed on early when the link is slow.
 
     ``read(CHUNK)`` would wait for a full 4 MiB, so on a slow link progress (and the
     decompressor) would move in 4 MiB jumps; ``read1`` returns what has arrived, and small
@@ -407,7 +406,7 @@ def _coalesced(raw: urllib3.response.BaseHTTPResponse, linger: float = 0.25,
     since = time.monotonic()
     while True:
         try:
-            data = raw.read1(limit - size, decode_content=False)
+            data = raw.read1(CHUNK - size, decode_content=False)
         except Exception:
             if parts:  # what arrived before the fault counts: the resume starts after it
                 yield b"".join(parts)
@@ -416,7 +415,7 @@ def _coalesced(raw: urllib3.response.BaseHTTPResponse, linger: float = 0.25,
             break
         parts.append(data)
         size += len(data)
-        if size >= limit or time.monotonic() - since >= linger:
+        if size >= CHUNK or time.monotonic() - since >= linger:
             yield parts[0] if len(parts) == 1 else b"".join(parts)
             parts, size, since = [], 0, time.monotonic()
     if parts:

@@ -46,7 +46,7 @@ from ..stream import CHUNK
 from . import SourceOptions
 from .base import Source, SourceInfo, redact, resuming_chunks, retry_after_seconds, retrying
 from .guards import check_content_range
-from .ranged import parallel_chunks
+from .ranged import adaptive_chunks
 from .tls import TrustBundle
 
 log = logging.getLogger(__name__)
@@ -252,8 +252,10 @@ class S3Source(Source):
         size = self._opened_size()
         if not 0 <= start <= size:
             raise ValueError(f"start {start} outside the object (size {size})")
-        if self.options.connections > 1 and size - start > PART:
-            return parallel_chunks(self._range_pieces, start, size, PART, self.options.connections)
+        return adaptive_chunks(self._stream, self._range_pieces, start, size, PART, self.options.connections)
+
+    def _stream(self, start: int) -> Iterator[bytes]:
+        """One GET from ``start``, resumed after faults."""
         return resuming_chunks(self._stream_at, start, self.options.retry, self.name)
 
     def read_at(self, offset: int, length: int) -> bytes:

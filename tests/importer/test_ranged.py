@@ -5,11 +5,13 @@ Behaviours under test:
 * from an nginx port with ``limit_rate`` per connection, an import finishes sooner than one
   connection could possibly deliver the file (the server's own rate bound, not a clock on
   our speed), and the disk is the image byte for byte; with ``connections=1`` it cannot;
-* from SeaweedFS S3 the object arrives whole and in order through parallel ranges, from the
-  start and from an offset;
+* from SeaweedFS S3 the object arrives whole and in order through the probe stream and
+  parallel ranges, from the start and from an offset;
 * a server that lies in the ``Content-Range`` of a later range (not the first) fails the
   import with the classified ``BadRangeResponse`` error, leaving no disk behind;
 * a server that advertises ranges but ignores them is read again as one stream;
+* a server that cuts every response: the probe stream and each range resume alone;
+* one stream first, then one round of ranges; whichever measured faster goes on (fakes);
 * in order, bounded: never more than ``connections`` ranges in flight, and closing the
   iterator early stops the workers (a fake ``open_range``; the real sources are above).
 """
@@ -28,7 +30,9 @@ import pytest
 from importer.errors import PermanentError
 from importer.pipeline import run_import
 from importer.sources import RetryPolicy, SourceOptions, open_source
-from importer.sources.ranged import parallel_chunks
+from importer.sources.http import PART
+from importer.sources.s3 import PART as S3_PART
+from importer.sources.ranged import PROBE_BYTES, OpenRange, StreamAt, adaptive_chunks, parallel_chunks
 from importer.target import TargetSpec
 from tests.servers.badserver import BadServer
 from tests.servers.nginx import Nginx, start_nginx
@@ -36,9 +40,19 @@ from tests.servers.pki import TestCA
 from tests.servers.seaweed import SeaweedS3
 
 MiB = 1 << 20
-RATE = 4 * MiB
+RATE = 8 * MiB
 """nginx's ``limit_rate`` per connection on the slow port."""
-SIZE = 24 * MiB
+SIZE = 64 * MiB
+BIG = "big.raw"
+"""A file on the bad server large enough to be read in parallel after the probe."""
+
+
+@pytest.fixture(scope="module")
+def big(bad_server: BadServer) -> bytes:
+    path = bad_server.root / BIG
+    if not path.exists():
+        path.write_bytes(os.urandom(PROBE_BYTES + 6 * PART + 12345))
+    return path.read_bytes()
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +61,7 @@ def limited(tmp_path_factory: pytest.TempPathFactory, test_ca: TestCA) -> Iterat
     (root / "www").mkdir()
     data = os.urandom(SIZE)
     (root / "www" / "disk.raw").write_bytes(data)
-    nginx = start_nginx(root / "www", root / "nginx", test_ca, rate="4m")
+    nginx = start_nginx(root / "www", root / "nginx", test_ca, rate="8m")
     try:
         yield nginx, hashlib.sha256(data).hexdigest()
     finally:
@@ -79,7 +93,7 @@ def test_one_connection_is_held_to_the_limit(limited: tuple[Nginx, str], tmp_pat
 @pytest.mark.parametrize("start", [0, 5 * MiB + 3])
 def test_s3_parallel_ranges_in_order(seaweed_s3: SeaweedS3, start: int) -> None:
     seaweed = seaweed_s3
-    data = os.urandom(20 * MiB + 777)
+    data = os.urandom(PROBE_BYTES + 5 * S3_PART + 777)  # past the probe: at least a round of ranges
     seaweed.client().put_object(Bucket=seaweed.bucket, Key="ranged.img", Body=data)
     options = SourceOptions(access_key_id=seaweed.access_key, secret_key=seaweed.secret_key, connections=4)
     with open_source(f"{seaweed.http_endpoint}/{seaweed.bucket}/ranged.img", options, kind="s3") as source:
@@ -87,8 +101,8 @@ def test_s3_parallel_ranges_in_order(seaweed_s3: SeaweedS3, start: int) -> None:
         assert b"".join(source.chunks(start)) == data[start:]
 
 
-def test_a_lie_in_a_later_range_is_a_classified_error(bad_server: BadServer, tmp_path: Path) -> None:
-    url = bad_server.url("range-lie-late", "disk.raw")
+def test_a_lie_in_a_later_range_is_a_classified_error(bad_server: BadServer, big: bytes, tmp_path: Path) -> None:
+    url = bad_server.url("range-lie-late", BIG)
     options = SourceOptions(connections=4, retry=RetryPolicy(attempts=1, initial_delay=0.01, retry_time=1))
     with pytest.raises(PermanentError) as caught:
         run_import(open_source(url, options), TargetSpec(tmp_path))
@@ -96,13 +110,54 @@ def test_a_lie_in_a_later_range_is_a_classified_error(bad_server: BadServer, tmp
     assert list(tmp_path.iterdir()) == []
 
 
-def test_ignored_ranges_fall_back_to_one_stream(bad_server: BadServer, tmp_path: Path) -> None:
-    before = bad_server.requests["ignore-ranges/disk.raw"]
-    result = run_import(open_source(bad_server.url("ignore-ranges", "disk.raw"), SourceOptions(connections=4)),
+def test_ignored_ranges_fall_back_to_one_stream(bad_server: BadServer, big: bytes, tmp_path: Path) -> None:
+    key = f"ignore-ranges/{BIG}"
+    before = bad_server.requests[key]
+    run_import(open_source(bad_server.url("ignore-ranges", BIG), SourceOptions(connections=4)), TargetSpec(tmp_path))
+    assert (tmp_path / "disk.img").read_bytes() == big
+    assert bad_server.requests[key] - before <= 4  # no request per range
+
+
+def test_cut_ranges_resume_alone(bad_server: BadServer, big: bytes, tmp_path: Path) -> None:
+    """Every response is cut after 3 MiB: the probe stream and each range resume where they
+    broke, so each byte crosses the wire once."""
+    fast = RetryPolicy(attempts=4, initial_delay=0.05, max_delay=0.3, stall_timeout=10, connect_timeout=5)
+    result = run_import(open_source(bad_server.url("reset", BIG), SourceOptions(connections=4, retry=fast)),
                         TargetSpec(tmp_path))
-    size = (bad_server.root / "disk.raw").stat().st_size
-    assert result.virtual_size == size and (tmp_path / "disk.img").read_bytes() == (bad_server.root / "disk.raw").read_bytes()
-    assert bad_server.requests["ignore-ranges/disk.raw"] - before <= 4  # no request per range
+    assert (tmp_path / "disk.img").read_bytes() == big
+    assert result.bytes_received == len(big)
+
+
+def _fake_source(stream_rate: float, range_rate: float, size: int) -> tuple[StreamAt, OpenRange, list[int]]:
+    """A stream and ranges delivering 1 MiB pieces at the given rates (MiB/s); the ranges
+    opened are recorded."""
+    opened: list[int] = []
+
+    def pieces(offset: int, end: int, rate: float) -> Iterator[bytes]:
+        for at in range(offset, end, MiB):
+            time.sleep(1 / rate)
+            yield bytes(min(MiB, end - at))
+
+    def stream_at(offset: int) -> Iterator[bytes]:
+        return pieces(offset, size, stream_rate)
+
+    def open_range(offset: int, length: int) -> Iterator[bytes]:
+        opened.append(offset)
+        return pieces(offset, offset + length, range_rate)
+
+    return stream_at, open_range, opened
+
+
+def test_adaptive_keeps_what_measured_faster() -> None:
+    """Ranges slower than the stream (a fast server on busy cores): one round is tried, then
+    the stream goes on. Ranges faster (a per-connection limit): they are kept to the end."""
+    size = PROBE_BYTES + 12 * PART
+    stream_at, open_range, opened = _fake_source(400, 40, size)
+    assert sum(map(len, adaptive_chunks(stream_at, open_range, 0, size, PART, 4))) == size
+    assert len(opened) == 4  # the one round
+    stream_at, open_range, opened = _fake_source(40, 400, size)
+    assert sum(map(len, adaptive_chunks(stream_at, open_range, 0, size, PART, 4))) == size
+    assert len(opened) == -(-(size - opened[0]) // PART)  # every range after the probe
 
 
 def test_bounded_in_order_and_closed_early() -> None:
