@@ -19,7 +19,10 @@ bytes our import allocated on the target divided by the image's data bytes (non-
 blocks): 1.00 means only data was written. Machines are noisy: compare the ratios of one run,
 not absolute numbers across runs.
 
-    .venv/bin/python bench/run.py [--size-mib 2048] [--repeat 3] [--cases raw.gz,qcow2.xz]
+    .venv/bin/python bench/run.py [--size-mib 2048] [--repeat 3] [--cases raw.gz,qcow2.xz] [--before CMD]
+
+``--before CMD`` times a second ``cdi`` (e.g. a launcher for the tree before a change) in the
+same rounds, interleaved, so before and after see the same machine load.
 """
 
 from __future__ import annotations
@@ -97,6 +100,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--cases", default="", help="comma-separated subset of the cases")
     parser.add_argument("--cdi", default=CDI, help="the cdi command to measure (e.g. an older tree's)")
+    parser.add_argument("--before", help="another cdi command (an older tree's) timed in the same rounds")
     args = parser.parse_args()
     cdi = args.cdi
     size = args.size_mib * 1024 * 1024
@@ -132,23 +136,29 @@ def main() -> None:
     }
     if args.cases:
         cases = {name: cases[name] for name in args.cases.split(",")}
-    print(f"{'case':10} {'theirs MB/s':>12} {'ours MB/s':>10} {'ratio':>6} {'our peak RSS':>13} {'written/data':>13}")
+    sides = {"ours": cdi, **({"before": args.before} if args.before else {})}
+    print(f"{'case':10} {'side':7} {'theirs MB/s':>12} {'ours MB/s':>10} {'ratio':>6} {'peak RSS':>9} "
+          f"{'written/data':>13}")
     try:
         for name, (theirs, ours) in cases.items():
-            their_times, our_times, rss = [], [], []
+            their_times: list[float] = []
+            times: dict[str, list[float]] = {side: [] for side in sides}
+            rss: dict[str, list[int]] = {side: [] for side in sides}
+            written: dict[str, int] = {}
             for _ in range(args.repeat):
                 drop(out, scratch)
-                t, _ = timed(theirs, shell=True)
-                their_times.append(t)
-                drop(out, scratch)
-                t, r = timed(ours)
-                our_times.append(t)
-                rss.append(r)
-                written = out.stat().st_blocks * 512
+                their_times.append(timed(theirs, shell=True)[0])
+                for side, command in sides.items():
+                    drop(out, scratch)
+                    t, r = timed([command, *ours[1:]])
+                    times[side].append(t)
+                    rss[side].append(r)
+                    written[side] = out.stat().st_blocks * 512
             theirs_mbs = size / statistics.median(their_times) / 1e6
-            ours_mbs = size / statistics.median(our_times) / 1e6
-            print(f"{name:10} {theirs_mbs:12.0f} {ours_mbs:10.0f} {ours_mbs / theirs_mbs:6.2f} {max(rss) / 1024:10.0f} MiB"
-                  f" {written / data_bytes:13.3f}", flush=True)
+            for side in sides:
+                mbs = size / statistics.median(times[side]) / 1e6
+                print(f"{name:10} {side:7} {theirs_mbs:12.0f} {mbs:10.0f} {mbs / theirs_mbs:6.2f} "
+                      f"{max(rss[side]) / 1024:5.0f} MiB {written[side] / data_bytes:13.3f}", flush=True)
     finally:
         nginx.stop()
         shutil.rmtree(work, ignore_errors=True)

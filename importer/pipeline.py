@@ -46,6 +46,7 @@ from .errors import (CdiImportError, ImageTooLarge, InvalidImage, InvalidSource,
                      RangesIgnored, ScratchSpaceRequired, SourceChanged)
 from .formats import magic
 from .formats.decompress import decompress
+from .memory import limit_arenas
 from .progress import Progress, ProgressListener
 from .readahead import ReadAhead
 from .sources import Source, SourceInfo
@@ -476,6 +477,7 @@ def _commit(disk: DiskTarget, virtual_size: int) -> int:
 def run_import(source: Source, target: TargetSpec, options: ImportOptions | None = None) -> ImportResult:
     """Import ``source`` into ``target``; on any failure nothing that looks complete is left."""
     check_spec(target)
+    limit_arenas()
     options = options or ImportOptions()
     started = time.monotonic()
     if options.content_type != "archive":

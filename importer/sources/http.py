@@ -4,7 +4,9 @@ Transitions: ``open`` (GET from byte 0; the response is kept and becomes the fir
 -> ``chunks`` (that body; after a temporary fault, ``Range: bytes=N-`` with ``If-Range`` on
 the ETag or Last-Modified, so a changed file is never spliced onto an old one)
 -> ``read_at`` (ranged GETs, used for qcow2 metadata and by qemu-img through the NBD server
-when the server advertises ``Accept-Ranges: bytes``).
+when the server advertises ``Accept-Ranges: bytes``). With working ranges and a known size,
+``chunks`` may go on with several connections reading ranges in parallel, delivered in order,
+where that measured faster than the one stream (:mod:`.ranged`).
 
 What it copes with, because real servers do it: no HEAD support (never sends HEAD), no
 ``Accept-Ranges`` (a resume then skips the bytes it already has), a wrong ``Content-Type``
@@ -52,8 +54,9 @@ log = logging.getLogger(__name__)
 MAX_REDIRECTS = 10
 USER_AGENT = "cdi-py-importer"
 _CONNECT_PREFIX = "Unable to connect to http data source"
-PART = 4 * 1024 * 1024
-"""Bytes per ranged GET when reading with several connections."""
+PART = 2 * 1024 * 1024
+"""Bytes per ranged GET when reading with several connections (four at once: 8 MiB in flight
+at most)."""
 
 
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
@@ -346,15 +349,18 @@ class HttpSource(Source):
                                offset, self.options.retry, self.name)
 
     def _range_body(self, response: requests.Response, count: int) -> Iterator[bytes]:
-        """``count`` body bytes (never more); ending short is a temporary fault."""
+        """``count`` body bytes (never more) in the pieces they arrive in (joined later, by
+        the consumer); ending short is a temporary fault."""
         got = 0
         try:
-            for piece in _coalesced(response.raw):
-                piece = piece[:count - got]
+            while got < count:
+                piece = response.raw.read1(min(CHUNK, count - got), decode_content=False)
+                if not piece:
+                    break
                 got += len(piece)
                 yield piece
-                if got == count:
-                    return
+            if got == count:
+                return
         except (urllib3.exceptions.HTTPError, requests.exceptions.RequestException, OSError) as error:
             raise SourceUnavailable(f"ranged read from {self.name} broke: {_describe(error)}") from error
         finally:

@@ -25,8 +25,8 @@ Parallel reads are not always faster: on a fast, unthrottled server (loopback ng
 object store) one stream already outruns the disk writer, and four threads only add work on
 the same cores (measured: 0.6-0.7x of one stream). :func:`adaptive_chunks` therefore measures
 instead of guessing: it reads the first ``PROBE_BYTES`` (or ``PROBE_SECONDS``) as one stream,
-then one round of ranges in parallel, and goes on with whichever delivered faster (parallel
-must win by ``GAIN``). The probe costs one round of ranges at worst.
+then (unless that stream is already ``FAST_ENOUGH``) one round of ranges in parallel, and goes
+on with whichever delivered faster (parallel must win by ``GAIN``).
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Generator, Iterator
 
 from ..errors import SourceUnavailable
+from ..stream import CHUNK
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,9 @@ PROBE_SECONDS = 1.0
 """The single stream is timed over this many bytes or seconds, whichever comes first."""
 GAIN = 1.25
 """Parallel ranges must beat the single stream by this factor to be kept."""
+FAST_ENOUGH = 256 * 1024 * 1024
+"""Bytes/s of one stream past which ranges are not even tried: the writer, decompressor or
+hasher bounds the import there, and the trial round alone cost 0.7x on loopback S3."""
 
 CONNECTIONS = 4
 """Default connections per transfer: against nginx with ``limit_rate`` per connection, four
@@ -87,17 +91,38 @@ class _Range:
             self._pieces.put(error)
 
     def pieces(self) -> Iterator[bytes]:
-        """On the consumer: the pieces as they arrive; exactly ``length`` bytes or an error."""
-        got = 0
-        while (item := self._pieces.get()) is not _END:
-            if isinstance(item, BaseException):
-                raise item
-            assert isinstance(item, bytes)
-            got += len(item)
-            yield item
+        """On the consumer: what has arrived, joined up to CHUNK (the workers queue the small
+        pieces they receive, so the copy happens here, one chunk at a time); exactly
+        ``length`` bytes or an error."""
+        got, done = 0, False
+        while not done:
+            parts, size, done = self._take()
+            if parts:
+                got += size
+                yield parts[0] if len(parts) == 1 else b"".join(parts)
         if got != self.length:
             raise SourceUnavailable(f"a ranged read at byte {self.offset} gave {got} bytes, "
                                     f"not {self.length}")
+
+    def _take(self) -> tuple[list[bytes], int, bool]:
+        """Wait for one item, then take what else is queued, up to CHUNK bytes; True at the end."""
+        parts: list[bytes] = []
+        size = 0
+        item = self._pieces.get()
+        while True:
+            if item is _END:
+                return parts, size, True
+            if isinstance(item, BaseException):
+                raise item
+            assert isinstance(item, bytes)
+            parts.append(item)
+            size += len(item)
+            if size >= CHUNK:
+                return parts, size, False
+            try:
+                item = self._pieces.get_nowait()
+            except queue.Empty:
+                return parts, size, False
 
 
 def parallel_chunks(open_range: OpenRange, start: int, size: int, part: int,
@@ -124,7 +149,7 @@ def parallel_chunks(open_range: OpenRange, start: int, size: int, part: int,
 def adaptive_chunks(stream_at: StreamAt, open_range: OpenRange, start: int, size: int, part: int,
                     connections: int = CONNECTIONS) -> Iterator[bytes]:
     """Bytes ``[start, size)``: one stream, or parallel ranges where they measured faster."""
-    if connections < 2 or size - start < PROBE_BYTES + connections * part:
+    if connections < 2 or size - start < PROBE_BYTES + 2 * connections * part:
         yield from stream_at(start)
         return
     began = time.monotonic()
@@ -132,10 +157,15 @@ def adaptive_chunks(stream_at: StreamAt, open_range: OpenRange, start: int, size
     if position >= size:
         return
     single = (position - start) / max(time.monotonic() - began, 1e-6)
+    if single >= FAST_ENOUGH:
+        yield from stream_at(position)
+        return
     round_end = min(size, position + connections * part)
     began = time.monotonic()
     yield from parallel_chunks(open_range, position, round_end, part, connections)
     parallel = (round_end - position) / max(time.monotonic() - began, 1e-6)
+    if round_end >= size:
+        return  # (a stream opened at the very end would be asked for an empty range: a 416)
     keep = parallel >= GAIN * single
     log.info("one stream %.0f MB/s, %d ranges at once %.0f MB/s: going on with %s", single / 1e6,
              connections, parallel / 1e6, "parallel ranges" if keep else "one stream")

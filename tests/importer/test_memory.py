@@ -5,7 +5,8 @@ places and half holes, served by real nginx in several forms):
 
 * the importer's own peak RSS (VmHWM of the child) stays under 100 MiB on every route: raw,
   raw.gz, raw.zst, qcow2, qcow2.xz (streamed, decompressed on the way) and VMDK (qemu-img
-  reading through our NBD server); the bound is the issue's, with CDI's pods at 70-82 MiB;
+  reading through our NBD server), and raw.gz from SeaweedFS S3 (parallel ranged GETs for a
+  round at least); the bound is the issue's, with CDI's pods at 70-82 MiB;
 * the target allocates at most 1.01x the image's data bytes (non-zero 4 KiB blocks) on
   every route, compressed or not: holes found after decompression stay holes;
 * the result is the image, byte for byte.
@@ -25,6 +26,7 @@ import pytest
 from tests.importer.crafted import cdi_import
 from tests.servers.nginx import Nginx, start_nginx
 from tests.servers.pki import TestCA
+from tests.servers.seaweed import SeaweedS3
 
 MiB = 1 << 20
 SIZE = 256 * MiB
@@ -78,4 +80,17 @@ def test_peak_rss_and_bytes_written(name: str, served: tuple[Nginx, int, str], t
     assert outcome.peak_rss < PEAK_RSS_BOUND, f"{name}: peak RSS {outcome.peak_rss / MiB:.0f} MiB"
     allocated = target.stat().st_blocks * 512
     assert allocated <= data * 1.01, f"{name}: wrote {allocated} bytes for {data} data bytes"
+    assert hashlib.sha256(target.read_bytes()).hexdigest() == digest
+
+
+def test_peak_rss_from_s3(served: tuple[Nginx, int, str], seaweed_s3: SeaweedS3, tmp_path: Path) -> None:
+    nginx, data, digest = served
+    seaweed_s3.client().upload_file(str(nginx.root / "disk.raw.gz"), seaweed_s3.bucket, "memory/disk.raw.gz")
+    target = tmp_path / "disk.img"
+    outcome = cdi_import(f"{seaweed_s3.http_endpoint}/{seaweed_s3.bucket}/memory/disk.raw.gz", target,
+                         "--source-kind", "s3", "--username", seaweed_s3.access_key,
+                         "--password", seaweed_s3.secret_key)
+    assert outcome.returncode == 0, outcome.stderr
+    assert outcome.peak_rss < PEAK_RSS_BOUND, f"s3 raw.gz: peak RSS {outcome.peak_rss / MiB:.0f} MiB"
+    assert target.stat().st_blocks * 512 <= data * 1.01
     assert hashlib.sha256(target.read_bytes()).hexdigest() == digest
