@@ -52,11 +52,14 @@ StreamAt = Callable[[int], Iterator[bytes]]
 PROBE_BYTES = 16 * 1024 * 1024
 PROBE_SECONDS = 1.0
 """The single stream is timed over this many bytes or seconds, whichever comes first."""
-GAIN = 1.25
+GAIN = 1.5
 """Parallel ranges must beat the single stream by this factor to be kept."""
-FAST_ENOUGH = 256 * 1024 * 1024
-"""Bytes/s of one stream past which ranges are not even tried: the writer, decompressor or
-hasher bounds the import there, and the trial round alone cost 0.7x on loopback S3."""
+FAST_ENOUGH = 128 * 1024 * 1024
+"""Bytes/s of one stream past which ranges are not even tried: per-connection caps are below
+it (an S3 GET stream gives ~90 MB/s), and past it the writer, decompressor or hasher bounds
+the import on two cores. With 256 MiB/s a loopback nginx import tried a round, kept the
+ranges and ran at 0.55x of one stream (bench/ranged.py); the trial round alone cost 0.7x on
+loopback S3."""
 
 CONNECTIONS = 4
 """Default connections per transfer: against nginx with ``limit_rate`` per connection, four
