@@ -11,11 +11,18 @@ CDI does), so both sides pay for durable data.
 - qcow2:      CDI's path: ``curl -o`` to scratch then ``qemu-img convert``  vs ``cdi import``
               (our streaming qcow2 reader, no scratch)
 - vmdk:       ``curl -o`` then ``qemu-img convert``  vs ``cdi import`` (qemu-img over NBD)
+- raw.gz, qcow2.xz: CDI's path: ``curl | gzip -d`` (``xz -d``) to scratch, then
+              ``qemu-img convert``  vs ``cdi import`` (decompressed as it arrives, no scratch)
 
-Prints MB/s of raw output, the ratio (ours / theirs; above 1 is faster), and peak RSS.
-Machines are noisy: compare the ratios of one run, not absolute numbers across runs.
+Prints MB/s of raw output, the ratio (ours / theirs; above 1 is faster), peak RSS, and the
+bytes our import allocated on the target divided by the image's data bytes (non-zero 4 KiB
+blocks): 1.00 means only data was written. Machines are noisy: compare the ratios of one run,
+not absolute numbers across runs.
 
-    .venv/bin/python bench/run.py [--size-mib 2048] [--repeat 3]
+    .venv/bin/python bench/run.py [--size-mib 2048] [--repeat 3] [--cases raw.gz,qcow2.xz] [--before CMD]
+
+``--before CMD`` times a second ``cdi`` (e.g. a launcher for the tree before a change) in the
+same rounds, interleaved, so before and after see the same machine load.
 """
 
 from __future__ import annotations
@@ -57,6 +64,18 @@ def make_disk(path: Path, size: int) -> None:
             out.write(block[start:start + extent])
 
 
+def data_size(path: Path, block: int = 4096) -> int:
+    """Bytes in the non-zero ``block``-sized blocks of ``path``: what a perfectly sparse
+    writer must write."""
+    total, zero = 0, bytes(block)
+    with open(path, "rb") as file:
+        while piece := file.read(block * 256):
+            for start in range(0, len(piece), block):
+                if piece[start:start + block] != zero[:len(piece) - start]:
+                    total += min(block, len(piece) - start)
+    return total
+
+
 def timed(command: str | list[str], shell: bool = False) -> tuple[float, int]:
     """Seconds and peak RSS (KiB) of one command."""
     args = ["bash", "-c", command] if shell else list(command)
@@ -79,7 +98,11 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--size-mib", type=int, default=2048)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--cases", default="", help="comma-separated subset of the cases")
+    parser.add_argument("--cdi", default=CDI, help="the cdi command to measure (e.g. an older tree's)")
+    parser.add_argument("--before", help="another cdi command (an older tree's) timed in the same rounds")
     args = parser.parse_args()
+    cdi = args.cdi
     size = args.size_mib * 1024 * 1024
     work = Path(tempfile.mkdtemp(prefix="cdi-bench-", dir=os.environ.get("BENCH_DIR", "/var/tmp")))
     www = work / "www"
@@ -89,6 +112,9 @@ def main() -> None:
     subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(www / "disk.raw"), str(www / "disk.qcow2")], check=True)
     subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "vmdk", str(www / "disk.raw"), str(www / "disk.vmdk")], check=True)
     subprocess.run(["zstd", "-q", "-T0", "-3", str(www / "disk.raw"), "-o", str(www / "disk.raw.zst")], check=True)
+    subprocess.run(f"gzip -1 -c {www / 'disk.raw'} > {www / 'disk.raw.gz'}", shell=True, check=True)
+    subprocess.run(f"xz -T0 -0 -c {www / 'disk.qcow2'} > {www / 'disk.qcow2.xz'}", shell=True, check=True)
+    data_bytes = data_size(www / "disk.raw")
     nginx = start_nginx(www, work / "nginx", make_ca(work / "ca"))
     base = nginx.http
     out = work / "out.img"
@@ -96,30 +122,43 @@ def main() -> None:
     durable = f" && sync {out}"  # ours fsyncs before reporting success; theirs must too
     cases = {
         "raw": (f"curl -sf -o {out} {base}/disk.raw" + durable,
-                [CDI, "import", f"{base}/disk.raw", str(out), "--no-progress"]),
+                [cdi, "import", f"{base}/disk.raw", str(out), "--no-progress"]),
         "raw.zst": (f"curl -sf {base}/disk.raw.zst | zstd -q -d -o {out}" + durable,
-                    [CDI, "import", f"{base}/disk.raw.zst", str(out), "--no-progress"]),
+                    [cdi, "import", f"{base}/disk.raw.zst", str(out), "--no-progress"]),
         "qcow2": (f"curl -sf -o {scratch} {base}/disk.qcow2 && qemu-img convert -t writeback -f qcow2 -O raw {scratch} {out}" + durable,
-                  [CDI, "import", f"{base}/disk.qcow2", str(out), "--no-progress"]),
+                  [cdi, "import", f"{base}/disk.qcow2", str(out), "--no-progress"]),
         "vmdk": (f"curl -sf -o {scratch} {base}/disk.vmdk && qemu-img convert -t writeback -f vmdk -O raw {scratch} {out}" + durable,
-                 [CDI, "import", f"{base}/disk.vmdk", str(out), "--no-progress"]),
+                 [cdi, "import", f"{base}/disk.vmdk", str(out), "--no-progress"]),
+        "raw.gz": (f"curl -sf {base}/disk.raw.gz | gzip -d > {scratch} && qemu-img convert -t writeback -f raw -O raw {scratch} {out}" + durable,
+                   [cdi, "import", f"{base}/disk.raw.gz", str(out), "--no-progress"]),
+        "qcow2.xz": (f"curl -sf {base}/disk.qcow2.xz | xz -d > {scratch} && qemu-img convert -t writeback -f qcow2 -O raw {scratch} {out}" + durable,
+                     [cdi, "import", f"{base}/disk.qcow2.xz", str(out), "--no-progress"]),
     }
-    print(f"{'case':10} {'theirs MB/s':>12} {'ours MB/s':>10} {'ratio':>6} {'our peak RSS':>13}")
+    if args.cases:
+        cases = {name: cases[name] for name in args.cases.split(",")}
+    sides = {"ours": cdi, **({"before": args.before} if args.before else {})}
+    print(f"{'case':10} {'side':7} {'theirs MB/s':>12} {'ours MB/s':>10} {'ratio':>6} {'peak RSS':>9} "
+          f"{'written/data':>13}")
     try:
         for name, (theirs, ours) in cases.items():
-            their_times, our_times, rss = [], [], []
+            their_times: list[float] = []
+            times: dict[str, list[float]] = {side: [] for side in sides}
+            rss: dict[str, list[int]] = {side: [] for side in sides}
+            written: dict[str, int] = {}
             for _ in range(args.repeat):
                 drop(out, scratch)
-                t, _ = timed(theirs, shell=True)
-                their_times.append(t)
-                drop(out, scratch)
-                t, r = timed(ours)
-                our_times.append(t)
-                rss.append(r)
+                their_times.append(timed(theirs, shell=True)[0])
+                for side, command in sides.items():
+                    drop(out, scratch)
+                    t, r = timed([command, *ours[1:]])
+                    times[side].append(t)
+                    rss[side].append(r)
+                    written[side] = out.stat().st_blocks * 512
             theirs_mbs = size / statistics.median(their_times) / 1e6
-            ours_mbs = size / statistics.median(our_times) / 1e6
-            print(f"{name:10} {theirs_mbs:12.0f} {ours_mbs:10.0f} {ours_mbs / theirs_mbs:6.2f} {max(rss) / 1024:10.0f} MiB",
-                  flush=True)
+            for side in sides:
+                mbs = size / statistics.median(times[side]) / 1e6
+                print(f"{name:10} {side:7} {theirs_mbs:12.0f} {mbs:10.0f} {mbs / theirs_mbs:6.2f} "
+                      f"{max(rss[side]) / 1024:5.0f} MiB {written[side] / data_bytes:13.3f}", flush=True)
     finally:
         nginx.stop()
         shutil.rmtree(work, ignore_errors=True)

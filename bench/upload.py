@@ -14,7 +14,12 @@ of the commit follows; its time is printed separately as "committed"). Prints MB
 (upload / sink; the goal is >= 0.8) and the peak RSS of the proxy and the server processes (from
 ``wait4``). Machines are noisy: compare the ratio of one run, not absolute numbers.
 
-    .venv/bin/python bench/upload.py [--size-mib 4096] [--repeat 1] [--verify] [--client]
+``--hops`` adds, per hop, the same upload without our proxy (curl with the proxy's client
+certificate straight to the upload server: the server hop alone) and through nginx as the
+proxy (a TLS relay written in C, terminating the client's TLS and re-encrypting with the
+client certificate, request buffering off): our proxy's cost is the gap to nginx's.
+
+    .venv/bin/python bench/upload.py [--size-mib 4096] [--repeat 1] [--verify] [--client] [--hops]
 """
 
 from __future__ import annotations
@@ -70,8 +75,10 @@ class Pki:
         self.key = tokens.generate_key()
 
 
-def curl(url: str, file: Path, ca: Path, *headers: str) -> float:
+def curl(url: str, file: Path, ca: Path, *headers: str, cert: tuple[Path, Path] | None = None) -> float:
     args = ["curl", "-sS", "-f", "-o", "/dev/null", "--cacert", str(ca), "-X", "POST", "-T", str(file)]
+    if cert:
+        args += ["--cert", str(cert[0]), "--key", str(cert[1])]
     for header in headers:
         args += ["-H", header]
     started = time.perf_counter()
@@ -130,6 +137,35 @@ class Bench:
         wait_listening(self.server_port)
         return process
 
+    def start_nginx_relay(self) -> tuple[subprocess.Popen[bytes], int]:
+        """nginx in our proxy's place: TLS in, mutual TLS out to the upload server, unbuffered."""
+        port, prefix = free_port(), self.work / "nginx"
+        (prefix / "logs").mkdir(parents=True, exist_ok=True)
+        pki = self.pki
+        conf = f"""
+daemon off; master_process off; worker_processes 1; pid {prefix}/nginx.pid;
+error_log {prefix}/logs/error.log warn;
+events {{ worker_connections 64; }}
+http {{
+  access_log off; client_body_temp_path {prefix}/body; proxy_temp_path {prefix}/proxy;
+  server {{
+    listen 127.0.0.1:{port} ssl; ssl_certificate {pki.proxy.cert}; ssl_certificate_key {pki.proxy.key};
+    client_max_body_size 0; proxy_request_buffering off; proxy_buffering off; proxy_http_version 1.1;
+    location / {{
+      proxy_pass https://127.0.0.1:{self.server_port};
+      proxy_ssl_certificate {pki.client.cert}; proxy_ssl_certificate_key {pki.client.key};
+      proxy_ssl_trusted_certificate {pki.ca}; proxy_ssl_verify on; proxy_ssl_name localhost;
+      proxy_read_timeout 1h; proxy_send_timeout 1h;
+    }}
+  }}
+}}
+"""
+        (prefix / "nginx.conf").write_text(conf)
+        process = subprocess.Popen(["nginx", "-c", str(prefix / "nginx.conf"), "-p", str(prefix)],
+                                   stderr=open(self.work / "nginx.log", "ab"))
+        wait_listening(port)
+        return process, port
+
     def start_sink(self) -> tuple[subprocess.Popen[bytes], int]:
         port = free_port()
         process = subprocess.Popen([sys.executable, __file__, "sink", str(port), str(self.pki.server.cert),
@@ -149,6 +185,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--verify", action="store_true", help="compare the volume with the file (slow)")
     parser.add_argument("--client", action="store_true", help="also time the Python client library")
+    parser.add_argument("--hops", action="store_true", help="also time the server alone and nginx as the proxy")
     args = parser.parse_args()
     size = args.size_mib * MiB
     work = Path(tempfile.mkdtemp(prefix="cdi-bench-upload-", dir=os.environ.get("BENCH_DIR", "/var/tmp")))
@@ -167,6 +204,7 @@ def run(work: Path, size: int, args: argparse.Namespace) -> None:
     sink, sink_port = bench.start_sink()
     proxy, proxy_port = bench.start_proxy()
     sink_times, upload_times, committed_times, server_rss, client_times = [], [], [], [], []
+    hops: dict[str, list[float]] = {"curl -T -> upload server (no proxy)": [], "curl -T -> nginx relay -> upload server": []}
     try:
         for attempt in range(args.repeat):
             drop(work / "volume")
@@ -184,12 +222,17 @@ def run(work: Path, size: int, args: argparse.Namespace) -> None:
                 print("verified: the volume holds the file", flush=True)
             if args.client:
                 client_times.append(time_client(bench, work, proxy_port, token, source))
+            if args.hops:
+                time_hops(bench, work, source, hops)
     finally:
         sink.terminate()
         sink.wait(10)
         proxy.terminate()
         _, proxy_rss = wait_rss(proxy)
     report(size, sink_times, upload_times, committed_times, client_times, proxy_rss, max(server_rss, default=0))
+    for name, times in hops.items():
+        mbs = size / statistics.median(times) / 1e6
+        print(f"{name:44} {mbs:8.0f}   vs sink {mbs / (size / statistics.median(sink_times) / 1e6):.2f}", flush=True)
 
 
 def time_client(bench: Bench, work: Path, proxy_port: int, token: str, source: Path) -> float:
@@ -202,6 +245,26 @@ def time_client(bench: Bench, work: Path, proxy_port: int, token: str, source: P
     elapsed = time.perf_counter() - started
     wait_rss(server)
     return elapsed
+
+
+def time_hops(bench: Bench, work: Path, source: Path, hops: dict[str, list[float]]) -> None:
+    """The server hop alone (curl presents the proxy's client certificate), then nginx as the
+    proxy; each into a fresh volume, timed to the answer like the upload above."""
+    direct, relayed = hops
+    drop(work / "volume")
+    server = bench.start_server(work / "volume")
+    hops[direct].append(curl(f"https://127.0.0.1:{bench.server_port}/v1beta1/upload-async", source, bench.pki.ca,
+                             cert=(bench.pki.client.cert, bench.pki.client.key)))
+    wait_rss(server)
+    drop(work / "volume")
+    server = bench.start_server(work / "volume")
+    nginx, port = bench.start_nginx_relay()
+    try:
+        hops[relayed].append(curl(f"https://127.0.0.1:{port}/v1beta1/upload-async", source, bench.pki.ca))
+        wait_rss(server)
+    finally:
+        nginx.terminate()
+        nginx.wait(10)
 
 
 def report(size: int, sink: list[float], upload: list[float], committed: list[float], client: list[float],

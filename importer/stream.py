@@ -16,9 +16,10 @@ from typing import Callable, Iterable, Iterator
 
 from .errors import InvalidImage
 
-CHUNK = 4 * 1024 * 1024
+CHUNK = 2 * 1024 * 1024
 """The unit of work on the data path: large enough for syscalls to be cheap, small enough to
-keep memory flat."""
+keep memory flat. Measured (bench, 512 MiB over nginx, 2 cores): 2 MiB is as fast as 4 MiB on
+every route and peaks 20-25 MiB lower (56-67 MiB against 74-92); 1 MiB is slower."""
 
 
 class ChunkReader:

@@ -5,6 +5,10 @@ holding more than a chunk or two: gzip (multi-member files too), xz, zstd (multi
 bzip2. Output is bounded per step (``CHUNK``), so a decompression bomb cannot blow up memory;
 the target's capacity check stops it from filling the disk. zlib, lzma, bz2 and zstandard all
 release the GIL while they work, so decompression overlaps network and disk threads.
+
+gzip (the usual registry layer and ``.gz`` image) is inflated by ISA-L (``isal``) when it is
+installed: the same ``decompressobj`` contract as zlib, about twice zlib's speed on disk
+images here, and several times on text-like data. Without it, the stdlib's zlib does the work.
 """
 
 from __future__ import annotations
@@ -12,9 +16,20 @@ from __future__ import annotations
 import bz2
 import lzma
 import zlib
-from typing import Iterable, Iterator, Protocol
+from typing import Any, Iterable, Iterator, Protocol
 
 import zstandard
+
+try:
+    from isal import isal_zlib as _inflate_module
+except ImportError:  # isal is a dependency; zlib is the fallback where its wheel is missing
+    _inflate_module = zlib  # type: ignore[no-redef, misc]
+
+_inflate: Any = _inflate_module
+"""The gzip inflater's module: ISA-L's ``isal_zlib``, or ``zlib`` (the same contract)."""
+_CORRUPT: tuple[type[Exception], ...] = (
+    zlib.error, _inflate.error, lzma.LZMAError, OSError, EOFError, zstandard.ZstdError)
+"""What a decoder raises on corrupt or truncated input."""
 
 from ..errors import InvalidImage
 from ..stream import CHUNK, ChunkReader, tap
@@ -39,10 +54,11 @@ def _gzip() -> "Decoder":
 
 
 class _ZlibDecoder:
-    """zlib.decompressobj with the needs_input/max_length contract of lzma/bz2."""
+    """A gzip decompressobj (ISA-L's, else zlib's) with the needs_input/max_length contract
+    of lzma/bz2."""
 
     def __init__(self) -> None:
-        self._obj = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+        self._obj: zlib._Decompress = _inflate.decompressobj(wbits=16 + zlib.MAX_WBITS)
         self._pending = b""
 
     def decompress(self, data: bytes, max_length: int) -> bytes:
@@ -103,7 +119,7 @@ def decompress(kind: str, chunks: Iterable[bytes]) -> Iterator[bytes]:
             if not out:
                 break
             yield out
-    except (zlib.error, lzma.LZMAError, OSError, EOFError, zstandard.ZstdError) as error:
+    except _CORRUPT as error:
         raise _corrupt(kind, error) from error
     if started and not decoder.eof:
         raise InvalidImage(f"the {kind} compressed data is truncated: the stream ended early")

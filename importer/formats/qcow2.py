@@ -835,7 +835,7 @@ class _Spill:
 
     def add(self, offset: int, data: bytes) -> None:
         view = memoryview(data)
-        for start, stop in data_runs(data):
+        for start, stop in data_runs(data, offset):
             self._charge(stop - start)
             self._pwrite(view[start:stop], offset + start)
         if self.ends and self.ends[-1] == offset:

@@ -50,6 +50,9 @@ class SourceOptions:
     architecture: str | None = None
     """Registry: the platform architecture to pick from a manifest list (default: this host's)."""
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    connections: int = 4
+    """HTTP(S) and S3: connections reading ranges of one image at once, when the server
+    supports ranges (:mod:`.ranged`); 1 reads it as one stream."""
 
 
 def source_kind(url: str) -> str:

@@ -4,7 +4,9 @@ Transitions: ``open`` (GET from byte 0; the response is kept and becomes the fir
 -> ``chunks`` (that body; after a temporary fault, ``Range: bytes=N-`` with ``If-Range`` on
 the ETag or Last-Modified, so a changed file is never spliced onto an old one)
 -> ``read_at`` (ranged GETs, used for qcow2 metadata and by qemu-img through the NBD server
-when the server advertises ``Accept-Ranges: bytes``).
+when the server advertises ``Accept-Ranges: bytes``). With working ranges and a known size,
+``chunks`` may go on with several connections reading ranges in parallel, delivered in order,
+where that measured faster than the one stream (:mod:`.ranged`).
 
 What it copes with, because real servers do it: no HEAD support (never sends HEAD), no
 ``Accept-Ranges`` (a resume then skips the bytes it already has), a wrong ``Content-Type``
@@ -44,6 +46,7 @@ from . import SourceOptions
 from .base import Source, SourceInfo, redact, resuming_chunks, retry_after_seconds, retrying
 from .encoding import ContentDecoder, content_encoding
 from .guards import SpeedFloor, check_content_range, same_origin
+from .ranged import adaptive_chunks
 from .tls import verify_setting
 
 log = logging.getLogger(__name__)
@@ -51,6 +54,9 @@ log = logging.getLogger(__name__)
 MAX_REDIRECTS = 10
 USER_AGENT = "cdi-py-importer"
 _CONNECT_PREFIX = "Unable to connect to http data source"
+PART = 2 * 1024 * 1024
+"""Bytes per ranged GET when reading with several connections (four at once: 8 MiB in flight
+at most)."""
 
 
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
@@ -100,6 +106,9 @@ class HttpSource(Source):
         self._secret_headers = parse_headers(options.secret_headers, secret=True)
         self._verify = verify_setting(options)
         self._local = threading.local()
+        self._sessions: list[requests.Session] = []
+        """Every thread's session (the range readers have their own), closed with the source."""
+        self._sessions_lock = threading.Lock()
         self._first: requests.Response | None = None
         self.final_url = url
         self.size: int | None = None
@@ -128,6 +137,8 @@ class HttpSource(Source):
             session.mount("http://", adapter)
             session.mount("https://", adapter)
             self._local.session = session
+            with self._sessions_lock:
+                self._sessions.append(session)
         return session
 
     def _get(self, extra: Mapping[str, str] | None = None) -> requests.Response:
@@ -220,7 +231,20 @@ class HttpSource(Source):
         return SourceInfo(size=self.size, random_access=random_access, name=self.name)
 
     def chunks(self, start: int = 0) -> Iterator[bytes]:
+        if self._parallel_allowed():
+            assert self.size is not None
+            return adaptive_chunks(self._stream, self._range_pieces, start, self.size, PART,
+                                   self.options.connections)
+        return self._stream(start)
+
+    def _stream(self, start: int) -> Iterator[bytes]:
+        """One GET from ``start`` (the first response when at 0), resumed after faults."""
         return resuming_chunks(self._open_at, start, self.options.retry, self.name)
+
+    def _parallel_allowed(self) -> bool:
+        """Ranges that work and a known size: parallel ranges may be tried."""
+        return (self.options.connections > 1 and self.accepts_ranges and not self.encoding
+                and not self._ranges_ignored and self.size is not None)
 
     def _open_at(self, offset: int) -> Iterator[bytes]:
         if offset == 0 and self._first is not None:
@@ -294,9 +318,17 @@ class HttpSource(Source):
         return retrying(self.options.retry, self.name, lambda: self._fetch_range(offset, end))
 
     def _fetch_range(self, offset: int, end: int) -> bytes:
+        response = self._ranged_response(offset, end)
+        try:
+            return self._read_exactly(response, end - offset + 1)
+        finally:
+            response.close()
+
+    def _ranged_response(self, offset: int, end: int) -> requests.Response:
+        """A checked 206 for ``bytes=offset-end`` of the object first seen."""
         headers = {"Range": f"bytes={offset}-{end}"}
-        if self.validator:
-            headers["If-Match"] = self.validator
+        if self.validator:  # an ETag is matched; a Last-Modified date must not have moved
+            headers["If-Match" if self.validator.startswith('"') else "If-Unmodified-Since"] = self.validator
         response = self._get(headers)
         if response.status_code == 412:
             response.close()
@@ -308,10 +340,32 @@ class HttpSource(Source):
                                 "read with the whole file; starting over, reading it in order")
         self._check_status(response, (206,), existed=True)
         self._check_range(response, offset, end)
+        return response
+
+    def _range_pieces(self, offset: int, length: int) -> Iterator[bytes]:
+        """One range of a parallel read, as it arrives; a fault resumes at the next byte."""
+        end = offset + length - 1
+        return resuming_chunks(lambda at: self._range_body(self._ranged_response(at, end), end - at + 1),
+                               offset, self.options.retry, self.name)
+
+    def _range_body(self, response: requests.Response, count: int) -> Iterator[bytes]:
+        """``count`` body bytes (never more) in the pieces they arrive in (joined later, by
+        the consumer); ending short is a temporary fault."""
+        got = 0
         try:
-            return self._read_exactly(response, end - offset + 1)
+            while got < count:
+                piece = response.raw.read1(min(CHUNK, count - got), decode_content=False)
+                if not piece:
+                    break
+                got += len(piece)
+                yield piece
+            if got == count:
+                return
+        except (urllib3.exceptions.HTTPError, requests.exceptions.RequestException, OSError) as error:
+            raise SourceUnavailable(f"ranged read from {self.name} broke: {_describe(error)}") from error
         finally:
             response.close()
+        raise SourceUnavailable(f"short ranged read from {self.name}: {got} of {count} bytes")
 
     def _read_exactly(self, response: requests.Response, count: int) -> bytes:
         """``count`` body bytes (never more, even from a server that sends past the range
@@ -339,9 +393,11 @@ class HttpSource(Source):
         if self._first is not None:
             self._first.close()
             self._first = None
-        session = getattr(self._local, "session", None)
-        if session is not None:
+        with self._sessions_lock:
+            sessions, self._sessions = self._sessions, []
+        for session in sessions:
             session.close()
+        self._local = threading.local()
 
 
 def _coalesced(raw: urllib3.response.BaseHTTPResponse, linger: float = 0.25) -> Iterator[bytes]:

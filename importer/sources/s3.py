@@ -16,7 +16,9 @@ The object is pinned at :meth:`S3Source.open` by its ETag: every later GET carri
 ``If-Match``, so a resumed stream or a range can never splice two versions of the object
 together; a replaced object raises :class:`SourceChanged`. botocore's own retries are off:
 temporary faults are retried by :func:`~importer.sources.base.resuming_chunks`, which resumes
-at the byte where the stream broke instead of starting over.
+at the byte where the stream broke instead of starting over. A single GET stream is often
+capped well below the bucket's speed: :meth:`S3Source.chunks` goes on with several ranged GETs
+at once, delivered in order, where that measured faster (:mod:`.ranged`).
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from ..stream import CHUNK
 from . import SourceOptions
 from .base import Source, SourceInfo, redact, resuming_chunks, retry_after_seconds, retrying
 from .guards import check_content_range
+from .ranged import adaptive_chunks
 from .tls import TrustBundle
 
 log = logging.getLogger(__name__)
@@ -53,6 +56,9 @@ log = logging.getLogger(__name__)
 DEFAULT_REGION = "us-east-1"
 POOL_CONNECTIONS = 16
 """Enough for the stream plus a dozen concurrent :meth:`S3Source.read_at` callers."""
+PART = 2 * 1024 * 1024
+"""Bytes per ranged GET when reading with several connections: with four at once, 8 MiB in
+flight at most (4 MiB parts peaked at 97 MiB on an S3 .raw.gz import, 2 MiB at 78)."""
 
 _AWS_HOST = re.compile(
     r"^(?:(?P<bucket>.+)\.)?s3(?:[.-](?:dualstack\.)?(?P<region>[a-z]{2}(?:-[a-z]+)+-\d+))?"
@@ -248,6 +254,10 @@ class S3Source(Source):
         size = self._opened_size()
         if not 0 <= start <= size:
             raise ValueError(f"start {start} outside the object (size {size})")
+        return adaptive_chunks(self._stream, self._range_pieces, start, size, PART, self.options.connections)
+
+    def _stream(self, start: int) -> Iterator[bytes]:
+        """One GET from ``start``, resumed after faults."""
         return resuming_chunks(self._stream_at, start, self.options.retry, self.name)
 
     def read_at(self, offset: int, length: int) -> bytes:
@@ -300,13 +310,14 @@ class S3Source(Source):
         check_content_range(content_range, offset, end if end is not None else None, self.size,
                             f"S3 object {self.target}")
 
-    def _stream_at(self, offset: int) -> Iterator[bytes]:
-        """The object from ``offset`` to its end, as ~CHUNK pieces, over one connection."""
+    def _stream_at(self, offset: int, end: int | None = None) -> Iterator[bytes]:
+        """The object from ``offset`` to ``end`` (inclusive; None: its end), as ~CHUNK pieces,
+        over one connection."""
         size = self._opened_size()
         if offset >= size:
             return
-        body = self._get(offset, None)["Body"]
-        remaining = size - offset
+        body = self._get(offset, end)["Body"]
+        remaining = (size if end is None else end + 1) - offset
         try:
             while remaining > 0:
                 chunk = body.read(min(CHUNK, remaining))
@@ -319,6 +330,11 @@ class S3Source(Source):
             raise self._classify(error, "GET") from error
         finally:
             body.close()
+
+    def _range_pieces(self, offset: int, length: int) -> Iterator[bytes]:
+        """One range of a parallel read, as it arrives; a fault resumes at the next byte."""
+        end = offset + length - 1
+        return resuming_chunks(lambda at: self._stream_at(at, end), offset, self.options.retry, self.name)
 
     def _read_range(self, offset: int, end: int) -> bytes:
         body = self._get(offset, end)["Body"]

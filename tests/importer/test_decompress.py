@@ -91,3 +91,21 @@ def test_bomb_output_is_bounded_per_chunk(kind: str) -> None:
 ])
 def test_magic(header: bytes, kind: str) -> None:
     assert detect(header) == kind
+
+
+@pytest.mark.parametrize("inflater", ["isal", "zlib"])
+def test_gzip_through_isal_and_the_zlib_fallback(inflater: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """gzip is inflated by ISA-L (a dependency: it must be installed); the zlib fallback
+    decodes the same members and refuses the same corruption."""
+    import zlib
+
+    from importer.formats import decompress as module
+
+    assert module._inflate.__name__ == "isal.isal_zlib"
+    if inflater == "zlib":
+        monkeypatch.setattr(module, "_inflate", zlib)
+    assert b"".join(decompress("gz", split(COMPRESSED["gz"], 65_537))) == DATA + TAIL
+    corrupt = bytearray(COMPRESSED["gz"])
+    corrupt[len(corrupt) // 3] ^= 0xFF
+    with pytest.raises(InvalidImage):
+        b"".join(decompress("gz", [bytes(corrupt)]))

@@ -25,6 +25,8 @@ behaviour              what it does
                        whole file from byte 0 (its ``Content-Range`` honestly says so)
 ``range-wrong-total``  206 answers whose ``Content-Range`` total is one more than the size
 ``range-no-header``    206 answers without any ``Content-Range``
+``range-lie-late``     206 answers to ranges that start past byte 0 (the later parts of a
+                       parallel read) carry a ``Content-Range`` one byte off
 ``ignore-ranges``      advertises ``Accept-Ranges: bytes`` but answers 200 (whole file) to
                        every Range request
 ``gzip`` / ``deflate`` ``Content-Encoding`` gzip / deflate (zlib), whatever was asked for
@@ -144,7 +146,8 @@ class BadServer:
             response.headers["Content-Encoding"] = "deflate" if encoding == "raw-deflate" else encoding
         if ranged and "range-no-header" not in flags:
             total = size + 1 if "range-wrong-total" in flags else size
-            response.headers["Content-Range"] = f"bytes {start}-{stop - 1}/{total}"
+            shift = 1 if start and "range-lie-late" in flags else 0
+            response.headers["Content-Range"] = f"bytes {start + shift}-{stop - 1}/{total}"
         await response.prepare(request)
         if request.method == "HEAD":
             return response
