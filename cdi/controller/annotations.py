@@ -93,6 +93,13 @@ POD_PASSTHROUGH = ("k8s.v1.cni.cncf.io/networks", "v1.multus-cni.io/default-netw
                    "sidecar.istio.io/inject", "linkerd.io/inject", POD_PRIORITY_CLASS, POD_SERVICE_ACCOUNT)
 POD_PASSTHROUGH_DEFAULTS = {"sidecar.istio.io/inject": "false", "linkerd.io/inject": "disabled"}
 
+# CDI's spelling, typo included: the virtual size of a source's disk.img found by a size-detection
+# pod, valid while the source's capacity is still the one recorded beside it
+VIRTUAL_IMAGE_SIZE = "cdi.Kubervirt.io/virtualSize"
+SOURCE_CAPACITY = "cdi.Kubervirt.io/sourceCapacity"
+SIZE_DETECTION_SOURCE = f"{PREFIX}/sizeDetectionSource"
+"""On a size-detection pod: the source PVC it reads (the DataVolumes cloning it are told)."""
+
 # -- labels ------------------------------------------------------------------------------------
 APP_LABEL = "app"
 APP = "containerized-data-importer"
@@ -101,4 +108,5 @@ PROMETHEUS_LABEL = f"prometheus.{PREFIX}"
 IMPORTER_COMPONENT = "importer"
 UPLOAD_SERVER_COMPONENT = "upload-server"
 CLONER_COMPONENT = "cdi-clone-source"
+SIZE_DETECTION_COMPONENT = "size-detection"
 """The values of ``COMPONENT_LABEL`` on worker pods."""

@@ -85,3 +85,5 @@ class Reason:
     DATA_SOURCE_NOT_READY = "DataSourceNotReady"
     CLONE_TOKEN_INVALID = "CloneTokenInvalid"
     CLONE_FALLBACK = "CloneFallback"
+    SIZE_DETECTION_POD_CREATED = "SizeDetectionPodCreated"
+    SIZE_DETECTION_POD_NOT_READY = "SizeDetectionPodNotReady"

@@ -58,7 +58,7 @@ def keys_for(cache: ObjectCache, resource: Resource, body: Body) -> Iterator[Key
     elif resource == res.PVC:
         yield from _claim_keys(cache, body, namespace, name)
     elif resource == res.POD:
-        yield from _pod_keys(body, namespace)
+        yield from _pod_keys(cache, body, namespace)
     elif resource == res.STORAGECLASS:
         yield Key(Reconciler.STORAGE_PROFILE, "", name)
         yield Key(Reconciler.CONFIG, "", CONFIG_NAME)
@@ -111,13 +111,18 @@ def _clone_source(dv: Body, kind: str) -> tuple[str, str] | None:
     return str(source.get("namespace") or (dv.get("metadata") or {}).get("namespace") or ""), str(source["name"])
 
 
-def _pod_keys(pod: Body, namespace: str) -> Iterator[Key]:
+def _pod_keys(cache: ObjectCache, pod: Body, namespace: str) -> Iterator[Key]:
     labels = (pod.get("metadata") or {}).get("labels") or {}
     component = labels.get(ann.COMPONENT_LABEL)
     if component == ann.CLONER_COMPONENT:
         target = _split(_annotations(pod).get(ann.CLONE_TARGET, ""))
         if target:
             yield Key(Reconciler.CLONE, *target)
+        return
+    if component == ann.SIZE_DETECTION_COMPONENT:  # the clones of its source wait for its answer
+        source = _annotations(pod).get(ann.SIZE_DETECTION_SOURCE)
+        for dv in cache.select(res.DATAVOLUME, lambda d: _clone_source(d, "pvc") == (namespace, source)):
+            yield Key(Reconciler.DATAVOLUME, *dv)
         return
     reconciler = Reconciler.UPLOAD if component == ann.UPLOAD_SERVER_COMPONENT else Reconciler.IMPORT
     for owner in _owners(pod, "PersistentVolumeClaim"):

@@ -5,6 +5,8 @@ Behaviours under test (CDI's, ref section 5, and issue 11):
 - a snapshot clone and a csi-clone in one namespace, with ``storage`` giving no size: the target
   is sized from the source, has the source's bytes, records ``cloneType``, and the temporary
   snapshot is gone afterwards;
+- a copy with no size is sized from its source's image, measured by one size-detection pod
+  and cached on the source PVC (CDI's annotations), so the next clone runs none;
 - a snapshot clone across namespaces (the snapshot imported through a retained content);
 - a clone whose source does not exist yet waits (``CloneWithoutSource``) and runs once it does;
 - a source used by a running pod makes a smart clone wait with ``SmartCloneSourceInUse``;
@@ -28,6 +30,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
+from cdi.controller.storage import format_quantity, required_space
 from kubeenv.cluster import Cluster
 from kubeenv.node import csi
 from tests.controller.conftest import GROUP, VERSION, Controller, wait_for
@@ -112,6 +115,31 @@ def test_snapshot_clone_in_one_namespace_sized_from_the_source(
     assert same_bytes(core, images, golden, "copy")
     wait_for("the temporary snapshot removed", lambda: snapshots(custom, golden) == [], 60)
     assert "CloneSucceeded" in [reason for _, reason, _ in events_for(core, golden, "copy")]
+
+
+def test_copy_with_no_size_holds_the_source_image_measured_once(
+        custom: client.CustomObjectsApi, core: client.CoreV1Api, golden: str, images: dict[str, Image],
+        controller: Controller, strategy: Any) -> None:
+    """CDI's size detection: a copy of a Filesystem source with no size is sized from the virtual
+    size of its ``disk.img`` (plus the target's overhead), found by one pod and then cached on the
+    source PVC, so a second clone runs no pod."""
+    strategy("copy")
+    create_dv(custom, golden, "first", {"pvc": {"namespace": golden, "name": "disk"}}, storage={})
+    succeeded(custom, golden, "first", controller)
+    image = volume_path(core, golden, "disk").stat().st_size
+    source = core.read_namespaced_persistent_volume_claim("disk", golden)
+    assert source.metadata.annotations["cdi.Kubervirt.io/virtualSize"] == str(image)
+    assert source.metadata.annotations["cdi.Kubervirt.io/sourceCapacity"] == source.status.capacity["storage"]
+    config = custom.get_cluster_custom_object(GROUP, VERSION, "cdiconfigs", "config")["status"]["filesystemOverhead"]
+    overhead = (config.get("storageClass") or {}).get(csi.CLASS_IMMEDIATE, config["global"])
+    target = core.read_namespaced_persistent_volume_claim("first", golden)
+    assert target.spec.resources.requests["storage"] == format_quantity(required_space(overhead, image))
+    assert "SizeDetectionPodCreated" in [r for _, r, _ in events_for(core, golden, "first")]
+    assert same_bytes(core, images, golden, "first")
+    create_dv(custom, golden, "second", {"pvc": {"namespace": golden, "name": "disk"}}, storage={})
+    succeeded(custom, golden, "second", controller)
+    assert "SizeDetectionPodCreated" not in [r for _, r, _ in events_for(core, golden, "second")]
+    assert core.list_namespaced_pod(golden, label_selector="cdi.kubevirt.io=size-detection").items == []
 
 
 def test_csi_clone(custom: client.CustomObjectsApi, core: client.CoreV1Api, golden: str, images: dict[str, Image],

@@ -13,7 +13,7 @@ from cdi.controller import annotations as ann
 from cdi.controller import resources as res
 from cdi.controller.cache import ObjectCache
 from cdi.controller.certs import make_ca
-from cdi.controller.clone import planner
+from cdi.controller.clone import planner, size_detection
 from cdi.controller.clone.authorization import Keys, NotAuthorized, authorize, valid_for_claim
 from cdi.controller.clone.planner import Fallback, Strategy, Volume
 from cdi.controller.clone.source import CloneSource, SourceKind, Unresolved, clone_source
@@ -202,6 +202,38 @@ def test_a_cloner_pod_event_wakes_its_target() -> None:
                         "labels": {ann.COMPONENT_LABEL: ann.CLONER_COMPONENT},
                         "annotations": {ann.CLONE_TARGET: "team/vm-root"}}}
     assert list(keys_for(ObjectCache(), res.POD, pod)) == [Key(Reconciler.CLONE, "team", "vm-root")]
+
+
+def test_a_size_detection_pod_event_wakes_the_clones_of_its_source() -> None:
+    cache = ObjectCache()
+    for name, source in (("vm1", "disk"), ("vm2", "other")):
+        cache.store(res.DATAVOLUME, {"metadata": {"namespace": "golden", "name": name, "resourceVersion": "1"},
+                                     "spec": {"source": {"pvc": {"namespace": "golden", "name": source}}}})
+    pod = {"metadata": {"namespace": "golden", "name": "size-detection-u1",
+                        "labels": {ann.COMPONENT_LABEL: ann.SIZE_DETECTION_COMPONENT},
+                        "annotations": {ann.SIZE_DETECTION_SOURCE: "disk"},
+                        "ownerReferences": [{"kind": "PersistentVolumeClaim", "name": "disk"}]}}
+    assert list(keys_for(cache, res.POD, pod)) == [Key(Reconciler.DATAVOLUME, "golden", "vm1")]
+
+
+def source_claim(annotations: dict[str, str], capacity: str = "64Mi", mode: str = "Filesystem") -> dict[str, object]:
+    return {"metadata": {"namespace": "golden", "name": "disk", "uid": "u1", "annotations": annotations},
+            "spec": {"volumeMode": mode}, "status": {"capacity": {"storage": capacity}}}
+
+
+def test_detected_size_is_kept_while_the_source_capacity_is_unchanged() -> None:
+    recorded = {ann.VIRTUAL_IMAGE_SIZE: "63963136", ann.SOURCE_CAPACITY: "64Mi"}
+    assert size_detection.cached(source_claim(recorded)) == 63963136
+    assert size_detection.cached(source_claim(recorded, capacity="67108864")) == 63963136  # same quantity
+    assert size_detection.cached(source_claim(recorded, capacity="128Mi")) is None  # resized: measure again
+    assert size_detection.cached(source_claim({ann.VIRTUAL_IMAGE_SIZE: "63963136"})) is None
+    assert size_detection.cached(source_claim({**recorded, ann.VIRTUAL_IMAGE_SIZE: "-1"})) is None
+
+
+def test_only_filesystem_sources_with_kubevirt_content_are_measured() -> None:
+    assert size_detection.applies(source_claim({}))
+    assert not size_detection.applies(source_claim({}, mode="Block"))
+    assert not size_detection.applies(source_claim({ann.CONTENT_TYPE: "archive"}))
 
 
 # -- DataImportCron schedules (the real croniter) ---------------------------------------------------

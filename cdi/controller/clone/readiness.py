@@ -57,7 +57,7 @@ def users_of(kube: Kube, source: CloneSource) -> list[str]:
         meta = pod.get("metadata") or {}
         if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
             continue
-        if (meta.get("labels") or {}).get(ann.COMPONENT_LABEL) == ann.CLONER_COMPONENT:
+        if (meta.get("labels") or {}).get(ann.COMPONENT_LABEL) in (ann.CLONER_COMPONENT, ann.SIZE_DETECTION_COMPONENT):
             continue
         claims = {(v.get("persistentVolumeClaim") or {}).get("claimName")
                   for v in (pod.get("spec") or {}).get("volumes") or []}

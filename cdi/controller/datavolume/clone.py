@@ -2,7 +2,8 @@
 
 Before the target PVC exists: resolve the source (through a DataSource), check the clone is
 authorized (:mod:`..clone.authorization`) and its source ready (:mod:`..clone.readiness`), size
-the target from the source when ``storage`` gives no size, and plan the strategy
+the target from the source when ``storage`` gives no size (for a copy of a Filesystem
+source, from its image's virtual size: :mod:`..clone.size_detection`), and plan the strategy
 (:mod:`..clone.planner`), recorded on the DataVolume as ``cdi.kubevirt.io/cloneType`` (with
 ``cloneFallbackReason`` and a ``CloneFallback`` event when a smart clone could not be had).
 Then:
@@ -25,7 +26,7 @@ from typing import Any
 
 from .. import annotations as ann
 from .. import resources as res
-from ..clone import planner, smart
+from ..clone import planner, size_detection, smart
 from ..clone.authorization import NotAuthorized, authorize
 from ..clone.planner import Plan, Strategy, Volume, claim_size
 from ..clone.readiness import NotReady, ensure_unused, source_object
@@ -68,8 +69,14 @@ class CloneFlow:
             ctx.kube.patch(res.DATAVOLUME, dv["metadata"]["namespace"], dv["metadata"]["name"],
                            {"metadata": {"annotations": {ann.EXTENDED_CLONE_TOKEN: extended}}})
             dv["metadata"].setdefault("annotations", {})[ann.EXTENDED_CLONE_TOKEN] = extended
+        asked = _requested(spec)
         spec = _sized(ctx, dv, spec, source, source_body)
         plan = _recorded_plan(ctx, dv, source, source_body, spec)
+        try:
+            if plan.strategy is Strategy.COPY:
+                spec = _sized_from_image(ctx, dv, spec, asked, source, source_body)
+        except size_detection.Detecting as detecting:
+            return Wait(Phase.PENDING, detecting.reason, detecting.message)
         try:
             return self._execute(ctx, dv, spec, source, source_body, plan)
         except (smart.Pending, NotReady) as waiting:
@@ -190,14 +197,45 @@ def _sized(ctx: Context, dv: Body, spec: Body, source: CloneSource, source_body:
         if spec.get("volumeMode", FILESYSTEM) == FILESYSTEM and source.kind is SourceKind.PVC and \
                 (source_body.get("spec") or {}).get("volumeMode") == "Block":
             size = required_space(ctx.config().overhead_for(spec.get("storageClassName")), size)
-        out = dict(spec)
-        out["resources"] = {**(spec.get("resources") or {}), "requests": {
-            **((spec.get("resources") or {}).get("requests") or {}), "storage": format_quantity(size)}}
-        return out
-    permissive = (dv["metadata"].get("annotations") or {}).get(ann.PERMISSIVE_CLONE) == "true"
-    if requested < source_size and not permissive:
+        return _with_size(spec, size)
+    if requested < source_size and not _permissive(dv) and not _image_may_fit(spec, source, source_body):
         raise PermanentError(Reason.CLONE_VALIDATION_FAILED, SMALLER_THAN_SOURCE)
     return spec
+
+
+def _permissive(dv: Body) -> bool:
+    return (dv["metadata"].get("annotations") or {}).get(ann.PERMISSIVE_CLONE) == "true"
+
+
+def _image_may_fit(spec: Body, source: CloneSource, source_body: Body) -> bool:
+    """A Block target smaller than a Filesystem source PVC may still hold its ``disk.img`` (the
+    PVC's size counts the filesystem's overhead): the image's size decides, as in CDI."""
+    return spec.get("volumeMode") == "Block" and source.kind is SourceKind.PVC and size_detection.applies(source_body)
+
+
+def _sized_from_image(ctx: Context, dv: Body, spec: Body, asked: int | None, source: CloneSource,
+                      source_body: Body) -> Body:
+    """A copy from a Filesystem source: with no size asked, the target holds the source's image
+    (its virtual size, plus the target filesystem's overhead) rather than the source PVC's size;
+    a Block target asked smaller than the source PVC must hold at least the image."""
+    if source.kind is not SourceKind.PVC or not size_detection.applies(source_body):
+        return spec
+    block = spec.get("volumeMode") == "Block"
+    if asked is None:
+        image = size_detection.virtual_size(ctx, source_body)
+        size = image if block else required_space(ctx.config().overhead_for(spec.get("storageClassName")), image)
+        return _with_size(spec, size)
+    if asked < _source_size(source, source_body) and not _permissive(dv) and \
+            asked < size_detection.virtual_size(ctx, source_body):
+        raise PermanentError(Reason.CLONE_VALIDATION_FAILED, SMALLER_THAN_SOURCE)
+    return spec
+
+
+def _with_size(spec: Body, size: int) -> Body:
+    out = dict(spec)
+    requests = {**((spec.get("resources") or {}).get("requests") or {}), "storage": format_quantity(size)}
+    out["resources"] = {**(spec.get("resources") or {}), "requests": requests}
+    return out
 
 
 def _volume(ctx: Context, spec: Body, size: int) -> Volume:
