@@ -205,7 +205,9 @@ def test_snapshot_source_format_keeps_the_golden_image_as_a_snapshot(
             return status if ready and (status.get("source") or {}).get("snapshot") else None
         status = wait_for("DataSource on the snapshot", on_snapshot, 180, controller)
         assert status["source"]["snapshot"] == {"namespace": ns, "name": name}
-        assert cron_status(custom, ns, "snap")["sourceFormat"] == "snapshot"
+        # the cron repoints the DataSource, then writes its own status: wait for the second write
+        wait_for("the cron's source format", lambda: cron_status(custom, ns, "snap").get("sourceFormat") == "snapshot",
+                 30, controller)
         wait_for("the import's DataVolume gone", lambda: get_dv(custom, ns, name) is None, 60, controller)
         custom.create_namespaced_custom_object(GROUP, VERSION, ns, "datavolumes", {
             "apiVersion": f"{GROUP}/{VERSION}", "kind": "DataVolume", "metadata": {"name": "from-golden"},
