@@ -19,11 +19,18 @@ from kubernetes.client.rest import ApiException
 PERMANENT_API_STATUS = frozenset({400, 422})
 
 
-class ReconcileError(Exception):
+class Explained(Exception):
+    """Something a user is told about on the object: a CDI-style reason and a message. The
+    controller's waits (a source not ready, a pod not done) and its errors all carry one."""
+
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason
         self.message = message
+
+
+class ReconcileError(Explained):
+    """An error of a reconcile pass; its subclass says whether retrying can help."""
 
 
 class TemporaryError(ReconcileError):

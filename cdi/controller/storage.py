@@ -31,6 +31,7 @@ from typing import Any
 
 from cdi.controller import annotations as ann
 from cdi.controller.config import ControllerConfig
+from cdi.controller.errors import Explained
 from importer.quantity import parse_quantity
 
 JSON = dict[str, Any]
@@ -117,13 +118,9 @@ PROFILE_LABELS = {
 """Labels CDI puts on every StorageProfile (``MakeEmptyStorageProfileSpec`` + recommended labels)."""
 
 
-class RenderError(Exception):
+class RenderError(Explained):
     """Why a DataVolume's PVC can't be rendered yet; the DV stays Pending with this reason/message."""
 
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
 
 
 # --- StorageClasses ----------------------------------------------------------------------------

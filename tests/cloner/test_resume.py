@@ -98,6 +98,16 @@ def test_killed_cloner_restarts_and_resumes(source: tuple[Path, int], clone_pki:
     assert 0 < float(match.group(2)) < 100
 
 
+def in_process_server(clone_pki: ClonePki, tmp_path: Path) -> ServerSettings:
+    """An upload server's settings for a clone into ``tmp_path/target/disk.img``, on any port."""
+    volume = tmp_path / "target"
+    volume.mkdir()
+    return ServerSettings(tls_cert=clone_pki.server.cert, tls_key=clone_pki.server.key,
+                          client_ca=clone_pki.client_ca.cert, client_name=CLONER_NAME,
+                          destination=volume / "disk.img", image_size=SIZE, address="127.0.0.1", port=0,
+                          termination_message_path=tmp_path / "server.termination")
+
+
 @pytest.fixture
 def loop_thread() -> Iterator[LoopThread]:
     thread = LoopThread()
@@ -108,12 +118,7 @@ def loop_thread() -> Iterator[LoopThread]:
 def test_corrupted_write_is_caught(source: tuple[Path, int], clone_pki: ClonePki, loop_thread: LoopThread,
                                    tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     image, _ = source
-    volume = tmp_path / "target"
-    volume.mkdir()
-    settings = ServerSettings(tls_cert=clone_pki.server.cert, tls_key=clone_pki.server.key,
-                              client_ca=clone_pki.client_ca.cert, client_name=CLONER_NAME,
-                              destination=volume / "disk.img", image_size=SIZE, address="127.0.0.1", port=0,
-                              termination_message_path=tmp_path / "server.termination")
+    settings = in_process_server(clone_pki, tmp_path)
     writes = [0]
     lock = threading.Lock()
     original = DiskTarget._pwrite
@@ -138,7 +143,7 @@ def test_corrupted_write_is_caught(source: tuple[Path, int], clone_pki: ClonePki
         assert run.termination["reason"] == "ChecksumError" and run.termination["fatalError"] is True
         assert "does not verify" in run.termination["message"]
         assert writes[0] >= 40
-        assert list(volume.iterdir()) == []  # the partial image is gone
+        assert list(settings.destination.parent.iterdir()) == []  # the partial image is gone
         assert handle.server.outcome is not None and not handle.server.outcome.done()
     finally:
         loop_thread.run(handle.server.stop())
@@ -195,12 +200,7 @@ def test_answer_lost_after_completion(source: tuple[Path, int], clone_pki: Clone
     finds the clone done and exits 0 without sending again. (A pod's server exits at once;
     this one is kept running in-process to answer.)"""
     image, _ = source
-    volume = tmp_path / "target"
-    volume.mkdir()
-    settings = ServerSettings(tls_cert=clone_pki.server.cert, tls_key=clone_pki.server.key,
-                              client_ca=clone_pki.client_ca.cert, client_name=CLONER_NAME,
-                              destination=volume / "disk.img", image_size=SIZE, address="127.0.0.1", port=0,
-                              termination_message_path=tmp_path / "server.termination")
+    settings = in_process_server(clone_pki, tmp_path)
     handle = start_server(loop_thread, settings)
     try:
         env = cloner_env(clone_pki, f"https://127.0.0.1:{handle.server.port}{CLONE}", tmp_path,
@@ -209,6 +209,6 @@ def test_answer_lost_after_completion(source: tuple[Path, int], clone_pki: Clone
         again = run_cloner(env, tmp_path)
         assert again.returncode == 0, again.log
         assert again.termination["bytesSent"] == 0 and again.termination["resumedFrom"] == []
-        assert sha256(volume / "disk.img") == sha256(image)
+        assert sha256(settings.destination) == sha256(image)
     finally:
         loop_thread.run(handle.server.stop())

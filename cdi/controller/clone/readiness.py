@@ -13,6 +13,7 @@ from typing import Any
 from .. import annotations as ann
 from .. import resources as res
 from ..cache import ObjectCache
+from ..errors import Explained
 from ..kube import Kube
 from ..phases import Reason
 from .source import CloneSource, SourceKind
@@ -20,11 +21,8 @@ from .source import CloneSource, SourceKind
 Body = dict[str, Any]
 
 
-class NotReady(Exception):
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
+class NotReady(Explained):
+    """The source cannot be cloned yet (missing, not populated, in use): the clone waits."""
 
 
 def source_object(cache: ObjectCache, source: CloneSource) -> Body:

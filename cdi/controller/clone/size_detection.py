@@ -29,7 +29,7 @@ from importer.quantity import parse_quantity
 from .. import annotations as ann
 from .. import resources as res
 from ..context import Context
-from ..errors import TemporaryError
+from ..errors import Explained, TemporaryError
 from ..importer_pod import CONTAINER_SECURITY, is_block, worker_pod_spec
 from ..phases import Reason
 
@@ -41,13 +41,9 @@ FAILURES = {sizedetect.BAD_ARGUMENTS: "ErrBadArguments", sizedetect.INVALID_PATH
 """The tool's exit codes as CDI's event reasons."""
 
 
-class Detecting(Exception):
+class Detecting(Explained):
     """The size is not known yet: the pod was created or has not finished."""
 
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
 
 
 def applies(source: Body) -> bool:

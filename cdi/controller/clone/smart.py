@@ -28,6 +28,7 @@ from typing import Any
 from .. import annotations as ann
 from .. import resources as res
 from ..context import Context
+from ..errors import Explained
 from ..phases import Phase, Reason
 from .source import CloneSource
 
@@ -36,14 +37,12 @@ log = logging.getLogger("cdi.controller.smartclone")
 Body = dict[str, Any]
 
 
-class Pending(Exception):
+class Pending(Explained):
     """A temporary object is not ready yet: the DataVolume shows ``phase`` and waits for its watch."""
 
     def __init__(self, phase: Phase, reason: str, message: str) -> None:
-        super().__init__(message)
+        super().__init__(reason, message)
         self.phase = phase
-        self.reason = reason
-        self.message = message
 
 
 def temp_name(dv: Body) -> str:

@@ -13,6 +13,7 @@ from typing import Any
 
 from .. import resources as res
 from ..cache import ObjectCache
+from ..errors import Explained
 from ..resources import Resource
 
 Body = dict[str, Any]
@@ -37,13 +38,9 @@ class CloneSource:
         return f"{self.namespace}/{self.name}"
 
 
-class Unresolved(Exception):
+class Unresolved(Explained):
     """The DataVolume names a DataSource that does not (yet) lead to a source."""
 
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
 
 
 def is_clone(dv: Body) -> bool:

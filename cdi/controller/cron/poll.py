@@ -20,6 +20,7 @@ from typing import Any
 
 import requests
 
+from cdi.controller.errors import Explained
 from importer.sources import SourceOptions
 from importer.sources.registry.digest import manifest_digest, pinned
 
@@ -31,11 +32,8 @@ POLL_FAILURES = frozenset({"SourceNotFound", "SourceUnreachable", "SourceInvalid
 """The reasons a poll fails with; ``UpToDate`` keeps one until a poll succeeds."""
 
 
-class PollFailed(Exception):
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
+class PollFailed(Explained):
+    """A poll that could not say what the source holds; the reason is one of ``POLL_FAILURES``."""
 
 
 @dataclass(frozen=True)
