@@ -1,0 +1,264 @@
+"""Decide whether a VMDK can be converted in one sequential pass, and how.
+
+``qemu-img`` reads a sparse VMDK one 64 KiB grain per request; through our NBD server that
+costs more than the bytes themselves. The two subformats ``qemu-img`` and VMware write are
+laid out for a single pass instead:
+
+* **monolithicSparse**: header, descriptor, grain directory (GD) and every grain table (GT)
+  at the front, then the grains. The tables are read first (by range, or from the first
+  bytes of the stream) and folded into *runs* of grains contiguous in the file and on the
+  disk, kept in packed arrays: a disk written front to back is a handful of runs, however
+  large. Then the stream is read once and each run written at its disk offset.
+* **streamOptimized**: after the header, a sequence of markers, each a compressed grain with
+  its disk address or a metadata block. No table is needed at all.
+
+:func:`plan_vmdk` answers ``None`` for a layout the pass does not handle (grains out of file
+order, tables interleaved with data, tables beyond the bytes a stream may look ahead, more
+runs than :data:`MAX_RUNS`, grains too large to inflate in memory): the caller keeps the
+``qemu-img`` route for those, so nothing that converted before stops converting. A header,
+descriptor or table that is hostile (other files, a parent, grains inside the tables,
+overlapping or past the end of the file, absurd sizes) raises the same classified errors as
+the inspector in :mod:`.vmdk`, whose parsing this reuses.
+"""
+
+from __future__ import annotations
+
+from array import array
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+from ..errors import InvalidImage, UnsafeImage
+from .tables import ReadAt, read_exact, require_within, table_slices
+from .vmdk import (FLAG_COMPRESSED, FLAG_MARKERS, FLAG_ZERO_GRAIN, GD_AT_END, SECTOR,
+                   check_descriptor, parse_header)
+
+MAX_RUNS = 512 * 1024
+"""Runs of contiguous grains held at once (24 bytes each: 12 MiB). A disk whose data is
+fragmented into more pieces than this goes to ``qemu-img``."""
+MAX_GRAINS = 1 << 32
+"""Grains a disk may have: capacity / grain size beyond this is not a real disk."""
+MAX_STREAM_GRAIN = 1024 * 1024
+"""Largest grain a streamOptimized image may use here (each is inflated in memory; qemu and
+VMware write 64 KiB)."""
+TABLE_READ = 4 * 1024 * 1024
+"""Grain tables next to each other in the file are fetched in reads of up to this size."""
+LOOKAHEAD = 8 * 1024 * 1024
+"""Bytes of a stream (no random access) held to read a monolithicSparse image's tables:
+covers 128 GiB disks with 64 KiB grains. Larger ones go through the scratch route."""
+GTE_ZEROED = 1
+"""A grain table entry of 1 marks a grain that reads as zeros (with the zero-grain flag)."""
+
+
+class Unstreamable(Exception):
+    """The layout is valid but not one the single pass handles (the caller falls back)."""
+
+
+@dataclass
+class VmdkPlan:
+    """How to convert one VMDK in a single pass."""
+
+    stream_optimized: bool
+    capacity: int
+    """Disk size in bytes."""
+    grain: int
+    """Grain size in bytes."""
+    data_start: int
+    """Host offset of the first byte that may hold a grain (or marker)."""
+    hosts: "array[int]" = field(default_factory=lambda: array("Q"))
+    """monolithicSparse: host offset of each run, ascending."""
+    guests: "array[int]" = field(default_factory=lambda: array("Q"))
+    """Disk offset of each run."""
+    lengths: "array[int]" = field(default_factory=lambda: array("Q"))
+    """Bytes in each run (whole grains)."""
+
+    @property
+    def data_bytes(self) -> int:
+        """Bytes of grains the tables point at (monolithicSparse)."""
+        return sum(self.lengths)
+
+
+def plan_vmdk(read_at: ReadAt, size: int | None, lookahead: int = LOOKAHEAD) -> VmdkPlan | None:
+    """The single-pass plan for the VMDK that ``read_at`` reads, or ``None`` when it needs
+    ``qemu-img``. ``size`` is the file's length when known (random access); a stream passes
+    ``None`` and a ``read_at`` over the first ``lookahead`` bytes, which raises
+    :class:`Unstreamable` for anything further."""
+    try:
+        return _plan(read_at, size, lookahead)
+    except Unstreamable:
+        return None
+
+
+def _plan(read_at: ReadAt, size: int | None, lookahead: int) -> VmdkPlan | None:
+    header = parse_header(read_exact(read_at, 0, SECTOR, "VMDK header"))
+    check_descriptor(header, read_at)
+    if header["capacity"] == 0:
+        raise UnsafeImage("the VMDK header leaves its size to the descriptor's extents, which "
+                          "may name other files: refusing")
+    grain = header["grain"] * SECTOR
+    capacity = header["capacity"] * SECTOR
+    if -(-capacity // grain) > MAX_GRAINS:
+        raise InvalidImage(f"the VMDK claims {capacity} bytes in grains of {grain} bytes: more "
+                           f"than {MAX_GRAINS} grains is not a real disk")
+    flags = header["flags"]
+    if flags & FLAG_COMPRESSED or flags & FLAG_MARKERS:
+        return _plan_stream(header, size)
+    if header["gd_offset"] == GD_AT_END:
+        return None
+    return _plan_sparse(header, read_at, size, lookahead)
+
+
+def _plan_stream(header: dict[str, int], size: int | None) -> VmdkPlan | None:
+    """streamOptimized: compressed grains behind markers, from the overhead on."""
+    flags = header["flags"]
+    if not (flags & FLAG_COMPRESSED and flags & FLAG_MARKERS) or header["compression"] != 1:
+        return None  # compressed without markers (or another algorithm): qemu-img decides
+    grain = header["grain"] * SECTOR
+    if grain > MAX_STREAM_GRAIN:
+        return None
+    start = header["overhead"] * SECTOR
+    descriptor_end = (header["desc_offset"] + header["desc_size"]) * SECTOR
+    if start < max(SECTOR, descriptor_end):
+        raise InvalidImage(f"the VMDK's grains would start at {start:#x}, inside its header or "
+                           "descriptor")
+    if size is not None:
+        require_within(start + SECTOR, size, "first grain marker")
+    return VmdkPlan(True, header["capacity"] * SECTOR, grain, start)
+
+
+def _plan_sparse(header: dict[str, int], read_at: ReadAt, size: int | None,
+                 lookahead: int) -> VmdkPlan | None:
+    """monolithicSparse: the tables folded into runs, after checking they keep clear of
+    each other and of the grains."""
+    grain = header["grain"] * SECTOR
+    per_gt = header["gtes"]
+    grains = -(-header["capacity"] // header["grain"])
+    gd_offset = header["gd_offset"] * SECTOR
+    tables = -(-grains // per_gt)
+    gt_bytes = per_gt * 4
+    descriptor = (header["desc_offset"] * SECTOR,
+                  (header["desc_offset"] + header["desc_size"]) * SECTOR)
+    reserved = [(0, SECTOR), descriptor, (gd_offset, gd_offset + tables * 4)]
+    limit = size if size is not None else lookahead
+    gts = _table_offsets(read_at, gd_offset, tables, gt_bytes, reserved, size, limit)
+    if gts is None:
+        return None
+    metadata_end = max(end for _, end in reserved)
+    if gts:
+        metadata_end = max(metadata_end, (gts[-1] & _SECTOR_MASK) * SECTOR + gt_bytes)
+    if size is not None:
+        require_within(metadata_end, size, "grain tables")
+    plan = VmdkPlan(False, header["capacity"] * SECTOR, grain, metadata_end)
+    zero_grain = bool(header["flags"] & FLAG_ZERO_GRAIN)
+    folder = _Runs(plan, zero_grain)
+    for index, entries in _grain_tables(read_at, gts, per_gt, grains):
+        if not folder.add(index, entries):
+            return None
+    if size is not None and plan.hosts:
+        require_within(plan.hosts[-1] + plan.lengths[-1], size, "last grain")
+    return plan
+
+
+def _table_offsets(read_at: ReadAt, gd_offset: int, tables: int, gt_bytes: int,
+                   reserved: list[tuple[int, int]], size: int | None, limit: int,
+                   ) -> "array[int] | None":
+    """The allocated GD entries as ``GD index << 40 | GT sector`` words; None unless the
+    tables lie one after another in the file. A table over the header, the descriptor or
+    the GD itself (``reserved``) is refused."""
+    words = array("Q")
+    previous_end = 0
+    index = 0
+    for entries in table_slices(read_at, gd_offset, tables, 4, False, "VMDK grain directory"):
+        for entry in entries:
+            if entry:
+                offset = entry * SECTOR
+                if any(offset < end and offset + gt_bytes > start for start, end in reserved):
+                    raise InvalidImage(f"the VMDK grain table at {offset:#x} overlaps the "
+                                       "header, the descriptor or the grain directory")
+                if offset < previous_end:
+                    return None  # tables out of order or shared: qemu-img decides
+                if offset + gt_bytes > limit:
+                    if size is None:
+                        raise Unstreamable("grain table beyond the look-ahead")
+                    require_within(offset + gt_bytes, size, "grain table")
+                previous_end = offset + gt_bytes
+                words.append(index << 40 | entry)
+            index += 1
+    return words
+
+
+def _grain_tables(read_at: ReadAt, words: "array[int]", per_gt: int, grains: int,
+                  ) -> Iterator[tuple[int, "array[int]"]]:
+    """(first grain index, entries) of each allocated grain table, in file order, with
+    tables next to each other fetched together."""
+    gt_bytes = per_gt * 4
+    position = 0
+    while position < len(words):
+        first = (words[position] & _SECTOR_MASK) * SECTOR
+        stop = position + 1
+        while stop < len(words) and (words[stop] & _SECTOR_MASK) * SECTOR == \
+                first + (stop - position) * gt_bytes and (stop - position + 1) * gt_bytes <= TABLE_READ:
+            stop += 1
+        blob = read_exact(read_at, first, (stop - position) * gt_bytes, "VMDK grain table")
+        for n in range(position, stop):
+            index = (words[n] >> 40) * per_gt
+            count = min(per_gt, grains - index)
+            at = (n - position) * gt_bytes
+            yield index, array("I", blob[at:at + count * 4])
+        position = stop
+
+
+_SECTOR_MASK = (1 << 40) - 1
+
+
+class _Runs:
+    """Folds grain table entries into runs, checking each grain against the last."""
+
+    def __init__(self, plan: VmdkPlan, zero_grain: bool) -> None:
+        self.plan = plan
+        self.zero_grain = zero_grain
+        self.end = plan.data_start
+        """End of the last grain in the file; the next must start at or after it."""
+        self.last_start = -1
+
+    def add(self, first: int, entries: "array[int]") -> bool:
+        """Take one grain table; False if its grains go backwards in the file."""
+        plan, grain = self.plan, self.plan.grain
+        hosts, guests, lengths = plan.hosts, plan.guests, plan.lengths
+        for n, entry in enumerate(entries):
+            if not entry or (entry == GTE_ZEROED and self.zero_grain):
+                continue
+            host, guest = entry * SECTOR, (first + n) * grain
+            if host < self.end:
+                self._refuse(host, guest)
+                return False
+            if hosts and host == self.end and guests[-1] + lengths[-1] == guest:
+                lengths[-1] += grain
+            else:
+                if len(hosts) == MAX_RUNS:
+                    return False
+                hosts.append(host)
+                guests.append(guest)
+                lengths.append(grain)
+            self.last_start, self.end = host, host + grain
+        return True
+
+    def _refuse(self, host: int, guest: int) -> None:
+        """A grain behind the last one: inside the tables or the last grain is hostile;
+        anywhere else it is only out of order (qemu-img converts those)."""
+        if host < self.plan.data_start:
+            raise InvalidImage(f"the VMDK grain for disk offset {guest:#x} at {host:#x} "
+                               "overlaps the image header or its grain tables")
+        if host + self.plan.grain > self.last_start:
+            raise InvalidImage(f"the VMDK grain for disk offset {guest:#x} at {host:#x} "
+                               "overlaps another grain (the same data mapped twice)")
+
+
+def lookahead_read_at(peek: "Callable[[int], bytes]", limit: int = LOOKAHEAD) -> ReadAt:
+    """A ``read_at`` over the first ``limit`` bytes of a stream, read with ``peek`` (which
+    buffers them without consuming them, so a fallback still sees the whole stream)."""
+    def read_at(offset: int, length: int) -> bytes:
+        end = offset + length
+        if end > limit:
+            raise Unstreamable(f"bytes up to {end} are beyond the {limit} a stream looks ahead")
+        return peek(end)[offset:end]
+    return read_at
