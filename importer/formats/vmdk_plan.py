@@ -53,6 +53,26 @@ class Unstreamable(Exception):
     """The layout is valid but not one the single pass handles (the caller falls back)."""
 
 
+class GrainDigest:
+    """Which grain sits where, folded into a count and a 64-bit sum, so the grain markers of
+    a stream can be checked against the grain tables in constant memory."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.total = 0
+
+    def add(self, index: int, sector: int) -> None:
+        """Grain ``index`` of the disk is stored at file sector ``sector``."""
+        self.count += 1
+        self.total = (self.total + hash((index, sector))) & 0xFFFF_FFFF_FFFF_FFFF
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, GrainDigest) and \
+            (self.count, self.total) == (other.count, other.total)
+
+    __hash__ = None  # type: ignore[assignment]
+
+
 @dataclass
 class VmdkPlan:
     """How to convert one VMDK in a single pass."""
@@ -70,6 +90,9 @@ class VmdkPlan:
     """Disk offset of each run."""
     lengths: "array[int]" = field(default_factory=lambda: array("Q"))
     """Bytes in each run (whole grains)."""
+    expected: GrainDigest | None = None
+    """streamOptimized with its tables in front: what the markers must add up to. None: the
+    tables follow the grains, and the stream must end with its end-of-stream marker."""
 
     @property
     def data_bytes(self) -> int:
@@ -101,14 +124,18 @@ def _plan(read_at: ReadAt, size: int | None, lookahead: int) -> VmdkPlan | None:
                            f"than {MAX_GRAINS} grains is not a real disk")
     flags = header["flags"]
     if flags & FLAG_COMPRESSED or flags & FLAG_MARKERS:
-        return _plan_stream(header, size)
+        return _plan_stream(header, read_at, size, lookahead)
     if header["gd_offset"] == GD_AT_END:
         return None
     return _plan_sparse(header, read_at, size, lookahead)
 
 
-def _plan_stream(header: dict[str, int], size: int | None) -> VmdkPlan | None:
-    """streamOptimized: compressed grains behind markers, from the overhead on."""
+def _plan_stream(header: dict[str, int], read_at: ReadAt, size: int | None,
+                 lookahead: int) -> VmdkPlan | None:
+    """streamOptimized: compressed grains behind markers, from the overhead on. qemu-img
+    writes no end-of-stream marker but keeps the tables at the front: then the markers are
+    checked against them (a digest of every grain's place), which also catches a stream cut
+    at a grain boundary. VMware's tables follow the grains; then the marker must be there."""
     flags = header["flags"]
     if not (flags & FLAG_COMPRESSED and flags & FLAG_MARKERS) or header["compression"] != 1:
         return None  # compressed without markers (or another algorithm): qemu-img decides
@@ -122,18 +149,36 @@ def _plan_stream(header: dict[str, int], size: int | None) -> VmdkPlan | None:
                            "descriptor")
     if size is not None:
         require_within(start + SECTOR, size, "first grain marker")
-    return VmdkPlan(True, header["capacity"] * SECTOR, grain, start)
+    plan = VmdkPlan(True, header["capacity"] * SECTOR, grain, start)
+    if header["gd_offset"] == GD_AT_END:
+        return plan
+    tables = _front_tables(header, read_at, size, lookahead)
+    if tables is None:
+        return None
+    gts, metadata_end = tables
+    if metadata_end > start:
+        raise InvalidImage(f"the VMDK's grain tables run to {metadata_end:#x}, past the start "
+                           f"of its grains at {start:#x}")
+    plan.expected = GrainDigest()
+    zero_grain = bool(flags & FLAG_ZERO_GRAIN)
+    for index, entries in _grain_tables(read_at, gts, header["gtes"], _grains(header)):
+        for n, entry in enumerate(entries):
+            if entry and not (entry == GTE_ZEROED and zero_grain):
+                plan.expected.add(index + n, entry)
+    return plan
 
 
-def _plan_sparse(header: dict[str, int], read_at: ReadAt, size: int | None,
-                 lookahead: int) -> VmdkPlan | None:
-    """monolithicSparse: the tables folded into runs, after checking they keep clear of
-    each other and of the grains."""
-    grain = header["grain"] * SECTOR
+def _grains(header: dict[str, int]) -> int:
+    return -(-header["capacity"] // header["grain"])
+
+
+def _front_tables(header: dict[str, int], read_at: ReadAt, size: int | None,
+                  lookahead: int) -> tuple["array[int]", int] | None:
+    """The allocated grain tables (see :func:`_table_offsets`) and the end of the metadata
+    (header, descriptor, GD and tables), or None for tables out of file order."""
     per_gt = header["gtes"]
-    grains = -(-header["capacity"] // header["grain"])
     gd_offset = header["gd_offset"] * SECTOR
-    tables = -(-grains // per_gt)
+    tables = -(-_grains(header) // per_gt)
     gt_bytes = per_gt * 4
     descriptor = (header["desc_offset"] * SECTOR,
                   (header["desc_offset"] + header["desc_size"]) * SECTOR)
@@ -147,10 +192,20 @@ def _plan_sparse(header: dict[str, int], read_at: ReadAt, size: int | None,
         metadata_end = max(metadata_end, (gts[-1] & _SECTOR_MASK) * SECTOR + gt_bytes)
     if size is not None:
         require_within(metadata_end, size, "grain tables")
-    plan = VmdkPlan(False, header["capacity"] * SECTOR, grain, metadata_end)
-    zero_grain = bool(header["flags"] & FLAG_ZERO_GRAIN)
-    folder = _Runs(plan, zero_grain)
-    for index, entries in _grain_tables(read_at, gts, per_gt, grains):
+    return gts, metadata_end
+
+
+def _plan_sparse(header: dict[str, int], read_at: ReadAt, size: int | None,
+                 lookahead: int) -> VmdkPlan | None:
+    """monolithicSparse: the tables folded into runs, after checking they keep clear of
+    each other and of the grains."""
+    tables = _front_tables(header, read_at, size, lookahead)
+    if tables is None:
+        return None
+    gts, metadata_end = tables
+    plan = VmdkPlan(False, header["capacity"] * SECTOR, header["grain"] * SECTOR, metadata_end)
+    folder = _Runs(plan, bool(header["flags"] & FLAG_ZERO_GRAIN))
+    for index, entries in _grain_tables(read_at, gts, header["gtes"], _grains(header)):
         if not folder.add(index, entries):
             return None
     if size is not None and plan.hosts:

@@ -18,8 +18,10 @@ offset     size    field
 A grain marker's data is a zlib stream that must inflate to exactly one grain; it is
 inflated with a bound, so a small blob cannot expand past a grain. Grains are padded to a
 sector. The tables the metadata markers carry are not needed: each grain says where it goes.
-A stream that ends before its end-of-stream marker is truncated; a grain given twice, outside
-the disk or not on a grain boundary is refused.
+A stream must end with its end-of-stream marker, except qemu-img's, which have none but keep
+their tables in front: there the grains the markers brought must be exactly the ones the tables
+list (a count and a digest), else the image is truncated or corrupt. A grain given twice,
+outside the disk or not on a grain boundary is refused.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from ..errors import InvalidImage
 from ..stream import CHUNK, ChunkReader
 from ..target import DiskTarget
 from .vmdk import SECTOR
-from .vmdk_plan import VmdkPlan
+from .vmdk_plan import GrainDigest, VmdkPlan
 from .writer import GuestWriter
 
 try:
@@ -82,6 +84,7 @@ class _Converter:
         self.zeroed = 0
         """Guest bytes below which every byte was written or zeroed (devices)."""
         self.seen: dict[int, bytearray] = {}
+        self.found = GrainDigest()
         self.result = VmdkResult(plan.capacity)
 
     @property
@@ -118,6 +121,8 @@ class _Converter:
         self._skip_to(self.plan.data_start, "first grain marker")
         while True:
             head = self.reader.read_upto(_MARKER.size)
+            if not head and self.plan.expected is not None:
+                break  # qemu-img ends its streams here, without a marker
             if len(head) < _MARKER.size:
                 raise _truncated("the end-of-stream marker")
             value, size = _MARKER.unpack(head)
@@ -129,10 +134,16 @@ class _Converter:
                 raise _truncated("a metadata marker")
             (kind,) = struct.unpack_from("<I", rest)
             if kind == MARKER_EOS:
-                return
+                break
             if kind not in (MARKER_GT, MARKER_GD, MARKER_FOOTER):
                 raise InvalidImage(f"unknown VMDK marker type {kind} at {self.pos - SECTOR:#x}")
             self._skip(value * SECTOR, "the metadata after a marker")
+        expected = self.plan.expected
+        if expected is not None and expected != self.found:
+            raise InvalidImage(
+                f"the VMDK's grain markers ({self.found.count} grains) do not match its grain "
+                f"tables ({expected.count} grains): truncated (an incomplete download?) or "
+                "corrupt")
 
     def _grain(self, lba: int, size: int) -> None:
         grain, at = self.plan.grain, self.pos - _MARKER.size
@@ -144,6 +155,7 @@ class _Converter:
             raise InvalidImage(f"the VMDK grain marker at {at:#x} names disk offset {guest:#x}, "
                                f"{'not on a grain boundary' if guest % grain else 'past the end of the disk'}")
         self._mark(guest // grain, at)
+        self.found.add(guest // grain, at // SECTOR)
         data = self.reader.read_upto(size)
         if len(data) < size:
             raise _truncated(f"the compressed grain at {at:#x}")
