@@ -100,13 +100,13 @@ class VmdkPlan:
         return sum(self.lengths)
 
 
-def plan_vmdk(read_at: ReadAt, size: int | None, lookahead: int = LOOKAHEAD) -> VmdkPlan | None:
+def plan_vmdk(read_at: ReadAt, size: int | None, lookahead: int | None = None) -> VmdkPlan | None:
     """The single-pass plan for the VMDK that ``read_at`` reads, or ``None`` when it needs
     ``qemu-img``. ``size`` is the file's length when known (random access); a stream passes
     ``None`` and a ``read_at`` over the first ``lookahead`` bytes, which raises
     :class:`Unstreamable` for anything further."""
     try:
-        return _plan(read_at, size, lookahead)
+        return _plan(read_at, size, LOOKAHEAD if lookahead is None else lookahead)
     except Unstreamable:
         return None
 
@@ -308,12 +308,14 @@ class _Runs:
                                "overlaps another grain (the same data mapped twice)")
 
 
-def lookahead_read_at(peek: "Callable[[int], bytes]", limit: int = LOOKAHEAD) -> ReadAt:
+def lookahead_read_at(peek: "Callable[[int], bytes]", limit: int | None = None) -> ReadAt:
     """A ``read_at`` over the first ``limit`` bytes of a stream, read with ``peek`` (which
     buffers them without consuming them, so a fallback still sees the whole stream)."""
+    bound = LOOKAHEAD if limit is None else limit
+
     def read_at(offset: int, length: int) -> bytes:
         end = offset + length
-        if end > limit:
-            raise Unstreamable(f"bytes up to {end} are beyond the {limit} a stream looks ahead")
+        if end > bound:
+            raise Unstreamable(f"bytes up to {end} are beyond the {bound} a stream looks ahead")
         return peek(end)[offset:end]
     return read_at

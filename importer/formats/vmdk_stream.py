@@ -15,7 +15,8 @@ offset     size    field
                    directory, 3 footer (the marker fills one sector, its data follows)
 =========  ======  ==========================================================
 
-A grain marker's data is a zlib stream that must inflate to exactly one grain; it is
+A grain marker's data is a zlib stream that must inflate to exactly one grain (or to the
+part of the last grain inside the disk); it is
 inflated with a bound, so a small blob cannot expand past a grain. Grains are padded to a
 sector. The tables the metadata markers carry are not needed: each grain says where it goes.
 A stream must end with its end-of-stream marker, except qemu-img's, which have none but keep
@@ -165,7 +166,9 @@ class _Converter:
             out = inflater.decompress(data, grain)
         except _INFLATE_ERRORS as error:
             raise _bad_grain(guest, str(error)) from error
-        if len(out) != grain or inflater.unconsumed_tail or not inflater.eof:
+        # qemu compresses only the part of the last grain inside the disk; VMware all of it
+        if len(out) not in (grain, min(grain, self.plan.capacity - guest)) or \
+                inflater.unconsumed_tail or not inflater.eof:
             raise _bad_grain(guest, "it does not inflate to exactly one grain")
         self.result.grains += 1
         self._cover(guest, grain)
