@@ -94,11 +94,6 @@ class VmdkPlan:
     """streamOptimized with its tables in front: what the markers must add up to. None: the
     tables follow the grains, and the stream must end with its end-of-stream marker."""
 
-    @property
-    def data_bytes(self) -> int:
-        """Bytes of grains the tables point at (monolithicSparse)."""
-        return sum(self.lengths)
-
 
 def plan_vmdk(read_at: ReadAt, size: int | None, lookahead: int | None = None) -> VmdkPlan | None:
     """The single-pass plan for the VMDK that ``read_at`` reads, or ``None`` when it needs

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import cast
 
 from ..errors import InvalidImage
 from ..stream import CHUNK, ChunkReader
@@ -42,9 +43,8 @@ try:
 except ImportError:  # pragma: no cover - isal is a dependency; zlib keeps a broken wheel usable
     import zlib  # type: ignore[no-redef]
 
-_INFLATE_ERRORS: tuple[type[BaseException], ...] = (zlib.error,) if isinstance(zlib.error, type) \
-    else (Exception,)
-"""isal types its ``error`` as an instance in its stubs; at run time both are classes."""
+_INFLATE_ERROR = cast("type[BaseException]", zlib.error)
+"""isal's stubs type its ``error`` as an instance; at run time it is the exception class."""
 _MARKER = struct.Struct("<QI")
 MARKER_EOS, MARKER_GT, MARKER_GD, MARKER_FOOTER = range(4)
 _PAGE_BITS = 15
@@ -164,7 +164,7 @@ class _Converter:
         inflater = zlib.decompressobj()
         try:
             out = inflater.decompress(data, grain)
-        except _INFLATE_ERRORS as error:
+        except _INFLATE_ERROR as error:
             raise _bad_grain(guest, str(error)) from error
         # qemu compresses only the part of the last grain inside the disk; VMware all of it
         if len(out) not in (grain, min(grain, self.plan.capacity - guest)) or \
