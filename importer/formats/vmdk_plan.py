@@ -23,6 +23,7 @@ the inspector in :mod:`.vmdk`, whose parsing this reuses.
 
 from __future__ import annotations
 
+import sys
 from array import array
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
@@ -241,6 +242,7 @@ def _grain_tables(read_at: ReadAt, words: "array[int]", per_gt: int, grains: int
     """(first grain index, entries) of each allocated grain table, in file order, with
     tables next to each other fetched together."""
     gt_bytes = per_gt * 4
+    empty = bytes(gt_bytes)
     position = 0
     while position < len(words):
         first = (words[position] & _SECTOR_MASK) * SECTOR
@@ -253,7 +255,11 @@ def _grain_tables(read_at: ReadAt, words: "array[int]", per_gt: int, grains: int
             index = (words[n] >> 40) * per_gt
             count = min(per_gt, grains - index)
             at = (n - position) * gt_bytes
-            yield index, array("I", blob[at:at + count * 4])
+            if not blob.startswith(empty[:count * 4], at):  # empty tables: one memcmp
+                entries = array("I", blob[at:at + count * 4])
+                if sys.byteorder == "big":
+                    entries.byteswap()  # VMDK is little endian
+                yield index, entries
         position = stop
 
 
