@@ -6,6 +6,7 @@ Behaviours under test:
   a local file, from nginx over HTTP and compressed (.vmdk.gz, local and HTTP) to exactly
   what ``qemu-img convert -O raw`` makes of them, by route ``stream-vmdk``, with no scratch,
   each source byte read once, at most 1.01x the data bytes written and holes left as holes;
+  onto a block device full of old data, the holes read as zeros;
 - layouts the reader does not take keep the qemu-img route and still convert: grains out of
   disk order (a local file -> ``qemu-local``, over HTTP in gz -> ``qemu-scratch``), and
   tables beyond what a stream without ranges may look ahead (-> ``qemu-scratch``);
@@ -119,6 +120,27 @@ def test_imports_like_qemu_img(served: Served, tmp_path: Path, name: str, where:
     assert result.bytes_written <= served.data_bytes * 1.01
     assert target.stat().st_blocks * 512 <= served.data_bytes * 1.01  # holes stay holes
     assert [p.name for p in tmp_path.iterdir()] == ["disk.img"]
+
+
+@pytest.fixture
+def loop_device(tmp_path: Path) -> Iterator[Path]:
+    """A 48 MiB block device full of old data (0xaa) that an import must not leave behind."""
+    backing = tmp_path / "backing.img"
+    backing.write_bytes(b"\xaa" * (48 * MiB))
+    device = subprocess.run(["losetup", "-f", "--show", str(backing)], check=True,
+                            capture_output=True, text=True).stdout.strip()
+    yield Path(device)
+    subprocess.run(["losetup", "-d", device], check=False)
+
+
+@pytest.mark.parametrize("name", ["sparse.vmdk", "stream.vmdk.gz"])
+def test_block_device_holes_read_as_zeros(served: Served, loop_device: Path, name: str) -> None:
+    result = cdi.import_image(f"{served.nginx.http}/{name}", loop_device)
+    assert result.route == "stream-vmdk"
+    digest = hashlib.sha256()
+    with open(loop_device, "rb") as device:
+        digest.update(device.read(SIZE))
+    assert digest.hexdigest() == served.digest
 
 
 def test_checksum_over_the_stream(served: Served, tmp_path: Path) -> None:
