@@ -52,7 +52,7 @@ from .errors import (CdiImportError, ImageTooLarge, InvalidImage, InvalidSource,
                      RangesIgnored, ScratchSpaceRequired, SourceChanged)
 from .formats import magic
 from .formats.decompress import decompress
-from .formats.vmdk_plan import VmdkPlan
+from .formats.runs import StreamPlan
 from .memory import limit_arenas
 from .progress import Progress, ProgressListener
 from .readahead import ReadAhead
@@ -156,7 +156,7 @@ class _Run:
         self.virtual_size = 0
         self.scratch_bytes = 0
         self.disk_size = 0
-        self.vmdk_plan: VmdkPlan | None = None
+        self.vmdk_plan: StreamPlan | None = None
         self.cleanup = ExitStack()
 
     @property
@@ -278,7 +278,8 @@ class _Run:
         """Whether our reader takes this VMDK (its plan is kept); else qemu-img converts it.
         With random access to the file itself the tables are read by range; otherwise from
         what the stream holds ahead without consuming it, so a fallback loses nothing."""
-        from .formats.vmdk_plan import lookahead_read_at, plan_vmdk
+        from .formats.runs import lookahead_read_at
+        from .formats.vmdk_plan import plan_vmdk
 
         assert self.info is not None
         if kind != "vmdk":
@@ -324,11 +325,11 @@ class _Run:
         return "verify"
 
     def stream_vmdk(self) -> str:
-        from .formats.vmdk_stream import convert_vmdk
+        from .formats.vmdk_stream import convert_stream
 
         assert self.reader is not None and self.vmdk_plan is not None
         self._start_transfer()
-        result = convert_vmdk(self.reader, self.target, self.vmdk_plan)
+        result = convert_stream(self.reader, self.target, self.vmdk_plan)
         self.virtual_size = result.virtual_size
         self._drain()
         return "verify"

@@ -14,7 +14,7 @@ laid out for a single pass instead:
 
 :func:`plan_vmdk` answers ``None`` for a layout the pass does not handle (grains out of file
 order, tables interleaved with data, tables beyond the bytes a stream may look ahead, more
-runs than :data:`MAX_RUNS`, grains too large to inflate in memory): the caller keeps the
+runs than :data:`~.runs.MAX_RUNS`, grains too large to inflate in memory): the caller keeps the
 ``qemu-img`` route for those, so nothing that converted before stops converting. A header,
 descriptor or table that is hostile (other files, a parent, grains inside the tables,
 overlapping or past the end of the file, absurd sizes) raises the same classified errors as
@@ -25,17 +25,15 @@ from __future__ import annotations
 
 import sys
 from array import array
-from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Iterator
 
 from ..errors import InvalidImage, UnsafeImage
+from . import runs
+from .runs import PlacementDigest, RunFolder, StreamPlan, Unstreamable
 from .tables import ReadAt, read_exact, require_within, table_slices
 from .vmdk import (FLAG_COMPRESSED, FLAG_MARKERS, FLAG_ZERO_GRAIN, GD_AT_END, SECTOR,
                    check_descriptor, parse_header)
 
-MAX_RUNS = 512 * 1024
-"""Runs of contiguous grains held at once (24 bytes each: 12 MiB). A disk whose data is
-fragmented into more pieces than this goes to ``qemu-img``."""
 MAX_GRAINS = 1 << 32
 """Grains a disk may have: capacity / grain size beyond this is not a real disk."""
 MAX_STREAM_GRAIN = 1024 * 1024
@@ -43,71 +41,22 @@ MAX_STREAM_GRAIN = 1024 * 1024
 VMware write 64 KiB)."""
 TABLE_READ = 4 * 1024 * 1024
 """Grain tables next to each other in the file are fetched in reads of up to this size."""
-LOOKAHEAD = 8 * 1024 * 1024
-"""Bytes of a stream (no random access) held to read a monolithicSparse image's tables:
-covers 128 GiB disks with 64 KiB grains. Larger ones go through the scratch route."""
 GTE_ZEROED = 1
 """A grain table entry of 1 marks a grain that reads as zeros (with the zero-grain flag)."""
 
 
-class Unstreamable(Exception):
-    """The layout is valid but not one the single pass handles (the caller falls back)."""
-
-
-class GrainDigest:
-    """Which grain sits where, folded into a count and a 64-bit sum, so the grain markers of
-    a stream can be checked against the grain tables in constant memory."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self.total = 0
-
-    def add(self, index: int, sector: int) -> None:
-        """Grain ``index`` of the disk is stored at file sector ``sector``."""
-        self.count += 1
-        self.total = (self.total + hash((index, sector))) & 0xFFFF_FFFF_FFFF_FFFF
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, GrainDigest) and \
-            (self.count, self.total) == (other.count, other.total)
-
-    __hash__ = None  # type: ignore[assignment]
-
-
-@dataclass
-class VmdkPlan:
-    """How to convert one VMDK in a single pass."""
-
-    stream_optimized: bool
-    capacity: int
-    """Disk size in bytes."""
-    grain: int
-    """Grain size in bytes."""
-    data_start: int
-    """Host offset of the first byte that may hold a grain (or marker)."""
-    hosts: "array[int]" = field(default_factory=lambda: array("Q"))
-    """monolithicSparse: host offset of each run, ascending."""
-    guests: "array[int]" = field(default_factory=lambda: array("Q"))
-    """Disk offset of each run."""
-    lengths: "array[int]" = field(default_factory=lambda: array("Q"))
-    """Bytes in each run (whole grains)."""
-    expected: GrainDigest | None = None
-    """streamOptimized with its tables in front: what the markers must add up to. None: the
-    tables follow the grains, and the stream must end with its end-of-stream marker."""
-
-
-def plan_vmdk(read_at: ReadAt, size: int | None, lookahead: int | None = None) -> VmdkPlan | None:
+def plan_vmdk(read_at: ReadAt, size: int | None, lookahead: int | None = None) -> StreamPlan | None:
     """The single-pass plan for the VMDK that ``read_at`` reads, or ``None`` when it needs
     ``qemu-img``. ``size`` is the file's length when known (random access); a stream passes
     ``None`` and a ``read_at`` over the first ``lookahead`` bytes, which raises
     :class:`Unstreamable` for anything further."""
     try:
-        return _plan(read_at, size, LOOKAHEAD if lookahead is None else lookahead)
+        return _plan(read_at, size, runs.LOOKAHEAD if lookahead is None else lookahead)
     except Unstreamable:
         return None
 
 
-def _plan(read_at: ReadAt, size: int | None, lookahead: int) -> VmdkPlan | None:
+def _plan(read_at: ReadAt, size: int | None, lookahead: int) -> StreamPlan | None:
     header = parse_header(read_exact(read_at, 0, SECTOR, "VMDK header"))
     check_descriptor(header, read_at)
     if header["capacity"] == 0:
@@ -127,7 +76,7 @@ def _plan(read_at: ReadAt, size: int | None, lookahead: int) -> VmdkPlan | None:
 
 
 def _plan_stream(header: dict[str, int], read_at: ReadAt, size: int | None,
-                 lookahead: int) -> VmdkPlan | None:
+                 lookahead: int) -> StreamPlan | None:
     """streamOptimized: compressed grains behind markers, from the overhead on. qemu-img
     writes no end-of-stream marker but keeps the tables at the front: then the markers are
     checked against them (a digest of every grain's place), which also catches a stream cut
@@ -145,7 +94,7 @@ def _plan_stream(header: dict[str, int], read_at: ReadAt, size: int | None,
                            "descriptor")
     if size is not None:
         require_within(start + SECTOR, size, "first grain marker")
-    plan = VmdkPlan(True, header["capacity"] * SECTOR, grain, start)
+    plan = StreamPlan("VMDK", True, header["capacity"] * SECTOR, grain, start)
     if header["gd_offset"] == GD_AT_END:
         return plan
     tables = _front_tables(header, read_at, size, lookahead)
@@ -155,7 +104,7 @@ def _plan_stream(header: dict[str, int], read_at: ReadAt, size: int | None,
     if metadata_end > start:
         raise InvalidImage(f"the VMDK's grain tables run to {metadata_end:#x}, past the start "
                            f"of its grains at {start:#x}")
-    plan.expected = GrainDigest()
+    plan.expected = PlacementDigest()
     zero_grain = bool(flags & FLAG_ZERO_GRAIN)
     for index, entries in _grain_tables(read_at, gts, header["gtes"], _grains(header)):
         for n, entry in enumerate(entries):
@@ -192,15 +141,15 @@ def _front_tables(header: dict[str, int], read_at: ReadAt, size: int | None,
 
 
 def _plan_sparse(header: dict[str, int], read_at: ReadAt, size: int | None,
-                 lookahead: int) -> VmdkPlan | None:
+                 lookahead: int) -> StreamPlan | None:
     """monolithicSparse: the tables folded into runs, after checking they keep clear of
     each other and of the grains."""
     tables = _front_tables(header, read_at, size, lookahead)
     if tables is None:
         return None
     gts, metadata_end = tables
-    plan = VmdkPlan(False, header["capacity"] * SECTOR, header["grain"] * SECTOR, metadata_end)
-    folder = _Runs(plan, bool(header["flags"] & FLAG_ZERO_GRAIN))
+    plan = StreamPlan("VMDK", False, header["capacity"] * SECTOR, header["grain"] * SECTOR, metadata_end)
+    folder = _Grains(plan, bool(header["flags"] & FLAG_ZERO_GRAIN))
     for index, entries in _grain_tables(read_at, gts, header["gtes"], _grains(header)):
         if not folder.add(index, entries):
             return None
@@ -266,57 +215,19 @@ def _grain_tables(read_at: ReadAt, words: "array[int]", per_gt: int, grains: int
 _SECTOR_MASK = (1 << 40) - 1
 
 
-class _Runs:
-    """Folds grain table entries into runs, checking each grain against the last."""
+class _Grains:
+    """Folds grain table entries into runs (:class:`~.runs.RunFolder`), skipping holes."""
 
-    def __init__(self, plan: VmdkPlan, zero_grain: bool) -> None:
-        self.plan = plan
+    def __init__(self, plan: StreamPlan, zero_grain: bool) -> None:
+        self.folder = RunFolder(plan, "VMDK grain", "the image header or its grain tables")
         self.zero_grain = zero_grain
-        self.end = plan.data_start
-        """End of the last grain in the file; the next must start at or after it."""
-        self.last_start = -1
+        self.grain = plan.grain
 
     def add(self, first: int, entries: "array[int]") -> bool:
         """Take one grain table; False if its grains go backwards in the file."""
-        plan, grain = self.plan, self.plan.grain
-        hosts, guests, lengths = plan.hosts, plan.guests, plan.lengths
         for n, entry in enumerate(entries):
             if not entry or (entry == GTE_ZEROED and self.zero_grain):
                 continue
-            host, guest = entry * SECTOR, (first + n) * grain
-            if host < self.end:
-                self._refuse(host, guest)
+            if not self.folder.add(entry * SECTOR, (first + n) * self.grain):
                 return False
-            if hosts and host == self.end and guests[-1] + lengths[-1] == guest:
-                lengths[-1] += grain
-            else:
-                if len(hosts) == MAX_RUNS:
-                    return False
-                hosts.append(host)
-                guests.append(guest)
-                lengths.append(grain)
-            self.last_start, self.end = host, host + grain
         return True
-
-    def _refuse(self, host: int, guest: int) -> None:
-        """A grain behind the last one: inside the tables or the last grain is hostile;
-        anywhere else it is only out of order (qemu-img converts those)."""
-        if host < self.plan.data_start:
-            raise InvalidImage(f"the VMDK grain for disk offset {guest:#x} at {host:#x} "
-                               "overlaps the image header or its grain tables")
-        if host + self.plan.grain > self.last_start:
-            raise InvalidImage(f"the VMDK grain for disk offset {guest:#x} at {host:#x} "
-                               "overlaps another grain (the same data mapped twice)")
-
-
-def lookahead_read_at(peek: "Callable[[int], bytes]", limit: int | None = None) -> ReadAt:
-    """A ``read_at`` over the first ``limit`` bytes of a stream, read with ``peek`` (which
-    buffers them without consuming them, so a fallback still sees the whole stream)."""
-    bound = LOOKAHEAD if limit is None else limit
-
-    def read_at(offset: int, length: int) -> bytes:
-        end = offset + length
-        if end > bound:
-            raise Unstreamable(f"bytes up to {end} are beyond the {bound} a stream looks ahead")
-        return peek(end)[offset:end]
-    return read_at

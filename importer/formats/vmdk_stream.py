@@ -1,7 +1,7 @@
-"""VMDK to raw in one sequential pass, following a :class:`~.vmdk_plan.VmdkPlan`.
+"""A block-mapped image to raw in one sequential pass, following a :class:`~.runs.StreamPlan`.
 
-monolithicSparse: the plan's runs are in file order, so the stream is skipped to each run
-and its bytes written at the run's disk offset as they arrive (zero blocks stay holes).
+VMDK monolithicSparse, VDI: the plan's runs are in file order, so the stream is skipped to
+each run and its bytes written at the run's disk offset as they arrive (zero blocks stay holes).
 
 streamOptimized: the stream is a sequence of markers from the plan's ``data_start`` on
 (VMware's "Virtual Disk Format 1.1", stream-optimized compressed sparse extents):
@@ -35,7 +35,7 @@ from ..errors import InvalidImage
 from ..stream import CHUNK, ChunkReader
 from ..target import DiskTarget
 from .vmdk import SECTOR
-from .vmdk_plan import GrainDigest, VmdkPlan
+from .runs import PlacementDigest, StreamPlan
 from .writer import GuestWriter
 
 try:
@@ -52,7 +52,7 @@ _PAGE_BITS = 15
 
 
 @dataclass
-class VmdkResult:
+class StreamResult:
     """What a conversion did, for logs and tests."""
 
     virtual_size: int
@@ -62,8 +62,8 @@ class VmdkResult:
     """Compressed grains inflated (streamOptimized)."""
 
 
-def convert_vmdk(reader: ChunkReader, target: DiskTarget, plan: VmdkPlan) -> VmdkResult:
-    """Convert the VMDK that ``reader`` streams from its byte 0 into ``target``. The stream is
+def convert_stream(reader: ChunkReader, target: DiskTarget, plan: StreamPlan) -> StreamResult:
+    """Convert the image that ``reader`` streams from its byte 0 into ``target``. The stream is
     read up to the last grain (or the end-of-stream marker); the caller drains the rest."""
     target.check_fits(plan.capacity)
     converter = _Converter(reader, target, plan)
@@ -75,7 +75,7 @@ def convert_vmdk(reader: ChunkReader, target: DiskTarget, plan: VmdkPlan) -> Vmd
 
 
 class _Converter:
-    def __init__(self, reader: ChunkReader, target: DiskTarget, plan: VmdkPlan) -> None:
+    def __init__(self, reader: ChunkReader, target: DiskTarget, plan: StreamPlan) -> None:
         self.reader = reader
         self.base = reader.position
         self.plan = plan
@@ -85,15 +85,15 @@ class _Converter:
         self.zeroed = 0
         """Guest bytes below which every byte was written or zeroed (devices)."""
         self.seen: dict[int, bytearray] = {}
-        self.found = GrainDigest()
-        self.result = VmdkResult(plan.capacity)
+        self.found = PlacementDigest()
+        self.result = StreamResult(plan.capacity)
 
     @property
     def pos(self) -> int:
         return self.reader.position - self.base
 
     def run(self) -> None:
-        if self.plan.stream_optimized:
+        if self.plan.markers:
             self._markers()
         else:
             self._runs()
@@ -106,12 +106,12 @@ class _Converter:
     def _runs(self) -> None:
         plan = self.plan
         for host, guest, length in zip(plan.hosts, plan.guests, plan.lengths):
-            self._skip_to(host, "grain")
+            self._skip_to(host, "data")
             self._cover(guest, length)
             while length > 0:
                 piece = self.reader.read(min(CHUNK, length))
                 if not piece:
-                    raise _truncated(f"the grain for disk offset {guest:#x}")
+                    raise self._truncated(f"the data for disk offset {guest:#x}")
                 self._write(guest, piece)
                 guest += len(piece)
                 length -= len(piece)
@@ -125,14 +125,14 @@ class _Converter:
             if not head and self.plan.expected is not None:
                 break  # qemu-img ends its streams here, without a marker
             if len(head) < _MARKER.size:
-                raise _truncated("the end-of-stream marker")
+                raise self._truncated("the end-of-stream marker")
             value, size = _MARKER.unpack(head)
             if size:
                 self._grain(value, size)
                 continue
             rest = self.reader.read_upto(SECTOR - _MARKER.size)
             if len(rest) < SECTOR - _MARKER.size:
-                raise _truncated("a metadata marker")
+                raise self._truncated("a metadata marker")
             (kind,) = struct.unpack_from("<I", rest)
             if kind == MARKER_EOS:
                 break
@@ -159,7 +159,7 @@ class _Converter:
         self.found.add(guest // grain, at // SECTOR)
         data = self.reader.read_upto(size)
         if len(data) < size:
-            raise _truncated(f"the compressed grain at {at:#x}")
+            raise self._truncated(f"the compressed grain at {at:#x}")
         self._skip(-(_MARKER.size + size) % SECTOR, "the padding of a grain")
         inflater = zlib.decompressobj()
         try:
@@ -187,6 +187,8 @@ class _Converter:
 
     def _write(self, guest: int, data: bytes) -> None:
         end = self.plan.capacity
+        if guest >= end:
+            return
         if guest + len(data) > end:
             data = data[:end - guest]
         self.writer.write(guest, data)
@@ -199,17 +201,17 @@ class _Converter:
 
     def _skip_to(self, offset: int, what: str) -> None:
         if offset < self.pos:
-            raise InvalidImage(f"the VMDK {what} at {offset:#x} lies behind data already read")
+            raise InvalidImage(f"the {self.plan.name} {what} at {offset:#x} lies behind data "
+                               "already read")
         self._skip(offset - self.pos, f"the {what} at {offset:#x}")
 
     def _skip(self, length: int, what: str) -> None:
         if self.reader.skip(length) < length:
-            raise _truncated(what)
+            raise self._truncated(what)
 
-
-def _truncated(what: str) -> InvalidImage:
-    return InvalidImage(f"image is truncated: the VMDK stream ended before {what} "
-                        "(an incomplete download?)")
+    def _truncated(self, what: str) -> InvalidImage:
+        return InvalidImage(f"image is truncated: the {self.plan.name} stream ended before "
+                            f"{what} (an incomplete download?)")
 
 
 def _bad_grain(guest: int, why: str) -> InvalidImage:

@@ -34,8 +34,9 @@ from importer.formats.vdi import inspect_vdi
 from importer.formats.vhd import inspect_vhd
 from importer.formats.vhdx import inspect_vhdx
 from importer.formats.vmdk import check_descriptor_text, inspect_vmdk
-from importer.formats.vmdk_plan import lookahead_read_at, plan_vmdk
-from importer.formats.vmdk_stream import convert_vmdk
+from importer.formats.runs import lookahead_read_at
+from importer.formats.vmdk_plan import plan_vmdk
+from importer.formats.vmdk_stream import convert_stream
 from importer.stream import ChunkReader
 from importer.target import DiskTarget, TargetSpec
 
@@ -144,7 +145,7 @@ def run_vmdk_reader(data: bytes, work: Path) -> None:
             continue
         target = DiskTarget(TargetSpec(path=work / "out.img", size=8 * MiB))
         with target:
-            convert_vmdk(reader, target, plan)
+            convert_stream(reader, target, plan)
         assert target.highest_written <= 8 * MiB
 
 

@@ -32,7 +32,7 @@ from typing import Callable, Iterator
 import pytest
 
 import cdi
-from importer.formats import vmdk_plan
+from importer.formats import runs, vmdk
 from tests.servers.nginx import Nginx, start_nginx
 from tests.servers.pki import TestCA
 
@@ -217,7 +217,7 @@ def test_grains_out_of_order_keep_the_qemu_route(served: Served, tmp_path: Path)
 
 def test_tables_beyond_the_lookahead_keep_the_qemu_route(served: Served, tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(vmdk_plan, "LOOKAHEAD", 8192)  # qemu's tables end at 19 KiB here
+    monkeypatch.setattr(runs, "LOOKAHEAD", 8192)  # qemu's tables end at 19 KiB here
     result = cdi.import_image(f"{served.nginx.http}/sparse.vmdk.gz", tmp_path / "d.img",
                               scratch_dir=tmp_path / "scratch")
     assert result.route == "qemu-scratch"
@@ -266,9 +266,9 @@ def _cut(at: Callable[[bytes], int]) -> Edit:
 HOSTILE_SPARSE: dict[str, tuple[Edit, str]] = {
     "grain past the end": (_gte(-1, lambda image, _: len(image) // 512 + 64), "truncated"),
     "grain in the header": (_gte(0, lambda _, __: 2), "overlaps the image header or its grain tables"),
-    "grain mapped twice": (_gte(1, lambda image, _: gte_offsets(image)[0][1]), "overlaps another grain"),
+    "grain mapped twice": (_gte(1, lambda image, _: gte_offsets(image)[0][1]), "overlaps another one"),
     "grain over a neighbour": (_gte(1, lambda image, _: gte_offsets(image)[0][1] + 8),
-                               "overlaps another grain"),
+                               "overlaps another one"),
     "absurd capacity": (_header(12, "<Q", 1 << 62), "more than 4294967296 grains"),
     "4 Mi grain tables": (_header(12, "<Q", 1 << 38), "overlaps the header, the descriptor or the grain directory"),
     "cut inside a grain": (_cut(lambda image: gte_offsets(image)[-1][1] * 512 + 1000), "truncated"),
@@ -329,7 +329,7 @@ def test_cut_short_at_a_grain_boundary_is_truncated_without_tables_in_front(
     """VMware's streams keep their tables behind the grains: one that stops after a whole
     grain, without its end-of-stream marker, is an incomplete download."""
     image = bytearray((served.www / "stream.vmdk").read_bytes())
-    put(image, 56, "<Q", vmdk_plan.GD_AT_END)
+    put(image, 56, "<Q", vmdk.GD_AT_END)
     image = image[:markers(bytes(image))[-1][0]]
     served_name = "evil-stream-gd-at-end.vmdk.gz"
     (served.www / served_name).write_bytes(gzip.compress(bytes(image), 1))
