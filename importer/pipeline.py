@@ -17,7 +17,10 @@ route                          when
                                source: our own reader (:mod:`.formats.vmdk_plan`) writes
                                grains as they pass; the tables are read by range, or from
                                the stream's first 8 MiB when it has no ranges
-``qemu-local``                 VHD/VHDX/VDI (and VMDKs the reader does not take) in a local
+``stream-vdi``                 VDI (dynamic or fixed, blocks in disk order), from any
+                               source: the block map is read first, the same way
+                               (:mod:`.formats.vdi_plan`), then the blocks as they pass
+``qemu-local``                 VHD/VHDX (and VMDK/VDI the readers do not take) in a local
                                uncompressed file
 ``qemu-nbd``                   VMDK/VHD/VHDX/VDI from a source with random access: qemu-img
                                reads our source through a loopback NBD socket
@@ -156,7 +159,7 @@ class _Run:
         self.virtual_size = 0
         self.scratch_bytes = 0
         self.disk_size = 0
-        self.vmdk_plan: StreamPlan | None = None
+        self.plan: StreamPlan | None = None
         self.cleanup = ExitStack()
 
     @property
@@ -172,7 +175,8 @@ class _Run:
             "probe": self.probe,
             "stream-raw": self.stream_raw,
             "stream-qcow2": self.stream_qcow2,
-            "stream-vmdk": self.stream_vmdk,
+            "stream-vmdk": self.stream_blocks,
+            "stream-vdi": self.stream_blocks,
             "qemu-local": self.qemu_local,
             "qemu-nbd": self.qemu_nbd,
             "qemu-scratch": self.qemu_scratch,
@@ -244,7 +248,7 @@ class _Run:
         if not self.info.random_access or self.archive is not None:
             return None
         kind = magic.detect(self.source.read_at(0, magic.HEADER_BYTES))
-        if not magic.needs_conversion(kind) or kind == "qcow2" or self._streams_vmdk(kind):
+        if not magic.needs_conversion(kind) or kind == "qcow2" or self._streams(kind):
             return None
         route = self._choose_route(kind)
         if route not in ("qemu-local", "qemu-nbd"):
@@ -263,8 +267,8 @@ class _Run:
         assert self.info is not None
         if kind == "qcow2":
             return "stream-qcow2"
-        if self._streams_vmdk(kind):
-            return "stream-vmdk"
+        if self._streams(kind):
+            return f"stream-{kind}"
         if not magic.needs_conversion(kind):
             return "stream-raw"
         plain = not self.compression
@@ -274,22 +278,25 @@ class _Run:
             return "qemu-nbd"
         return "qemu-scratch"
 
-    def _streams_vmdk(self, kind: str) -> bool:
-        """Whether our reader takes this VMDK (its plan is kept); else qemu-img converts it.
-        With random access to the file itself the tables are read by range; otherwise from
-        what the stream holds ahead without consuming it, so a fallback loses nothing."""
+    def _streams(self, kind: str) -> bool:
+        """Whether our single-pass reader takes this VMDK or VDI (its plan is kept); else
+        qemu-img converts it. With random access to the file itself the tables are read by
+        range; otherwise from what the stream holds ahead without consuming it, so a fallback
+        loses nothing."""
         from .formats.runs import lookahead_read_at
+        from .formats.vdi_plan import plan_vdi
         from .formats.vmdk_plan import plan_vmdk
 
         assert self.info is not None
-        if kind != "vmdk":
+        planner = {"vmdk": plan_vmdk, "vdi": plan_vdi}.get(kind)
+        if planner is None:
             return False
-        if self.vmdk_plan is None:
+        if self.plan is None:
             if self.info.random_access and not self.compression:
-                self.vmdk_plan = plan_vmdk(self.source.read_at, self.info.size)
+                self.plan = planner(self.source.read_at, self.info.size)
             elif self.reader is not None:
-                self.vmdk_plan = plan_vmdk(lookahead_read_at(self.reader.peek), None)
-        return self.vmdk_plan is not None
+                self.plan = planner(lookahead_read_at(self.reader.peek), None)
+        return self.plan is not None
 
     # -- streaming routes ---------------------------------------------------------------------
 
@@ -324,12 +331,12 @@ class _Run:
         self._drain()
         return "verify"
 
-    def stream_vmdk(self) -> str:
+    def stream_blocks(self) -> str:
         from .formats.vmdk_stream import convert_stream
 
-        assert self.reader is not None and self.vmdk_plan is not None
+        assert self.reader is not None and self.plan is not None
         self._start_transfer()
-        result = convert_stream(self.reader, self.target, self.vmdk_plan)
+        result = convert_stream(self.reader, self.target, self.plan)
         self.virtual_size = result.virtual_size
         self._drain()
         return "verify"

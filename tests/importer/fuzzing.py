@@ -34,7 +34,9 @@ from importer.formats.vdi import inspect_vdi
 from importer.formats.vhd import inspect_vhd
 from importer.formats.vhdx import inspect_vhdx
 from importer.formats.vmdk import check_descriptor_text, inspect_vmdk
-from importer.formats.runs import lookahead_read_at
+from importer.formats.runs import StreamPlan, lookahead_read_at
+from importer.formats.tables import ReadAt
+from importer.formats.vdi_plan import plan_vdi
 from importer.formats.vmdk_plan import plan_vmdk
 from importer.formats.vmdk_stream import convert_stream
 from importer.stream import ChunkReader
@@ -136,11 +138,20 @@ def run_qcow2(data: bytes, work: Path) -> None:
 
 
 def run_vmdk_reader(data: bytes, work: Path) -> None:
-    """The single-pass VMDK reader, with the tables read by range and from a stream."""
+    _run_stream_reader(data, work, plan_vmdk)
+
+
+def run_vdi_reader(data: bytes, work: Path) -> None:
+    _run_stream_reader(data, work, plan_vdi)
+
+
+def _run_stream_reader(data: bytes, work: Path,
+                       planner: Callable[[ReadAt, int | None], StreamPlan | None]) -> None:
+    """A single-pass reader (VMDK, VDI), with the tables read by range and from a stream."""
     for random_access in (False, True):
         reader = ChunkReader(_chunks(data, 65_536))
         read_at = _read_at(data) if random_access else lookahead_read_at(reader.peek)
-        plan = plan_vmdk(read_at, len(data) if random_access else None)
+        plan = planner(read_at, len(data) if random_access else None)
         if plan is None:
             continue
         target = DiskTarget(TargetSpec(path=work / "out.img", size=8 * MiB))
@@ -246,6 +257,8 @@ TARGETS = {
     "vhd": Target("vhd", lambda: qemu_seed("vpc"), _inspector(inspect_vhd), _vhd_regions),
     "vhdx": Target("vhdx", lambda: qemu_seed("vhdx"), _inspector(inspect_vhdx), _vhdx_regions),
     "vdi": Target("vdi", lambda: qemu_seed("vdi"), _inspector(inspect_vdi), _vdi_regions),
+    "vdi-reader": Target("vdi-reader", lambda: qemu_seed("vdi"), run_vdi_reader,
+                         lambda data: _vdi_regions(data) + [(1024, 4096)]),
     "zstd": Target("zstd", zstd_seed, run_zstd, _head(64)),
     "tar": Target("tar", tar_seed, run_tar, lambda data: [(0, min(len(data), 4096))]),
 }

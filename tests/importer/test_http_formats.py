@@ -3,8 +3,8 @@
 Behaviours under test:
 - each image (raw, qcow2, vmdk, vhd, vhdx, vdi, iso; raw/qcow2/vmdk/vhd/iso also in gz, xz,
   zst, bz2) imports to a raw disk whose sha256 equals ``qemu-img convert -O raw`` of it;
-- the route taken is the cheapest possible: raw, qcow2 and VMDK stream with no scratch at
-  all, plain VHD/... go through qemu-img over NBD, compressed ones through a scratch file;
+- the route taken is the cheapest possible: raw, qcow2, VMDK and VDI stream with no scratch
+  at all, plain VHD/VHDX go through qemu-img over NBD, compressed ones through a scratch file;
 - https with the test CA in a cert dir (odd file name), without it (a permanent TLS error),
   and with insecureSkipVerify; basic auth good and bad; checksums right and wrong;
 - a target too small for the image fails before anything is written, leaving no file;
@@ -35,7 +35,9 @@ def expected_route(name: str) -> str:
         return "stream-qcow2"
     if ".vmdk" in name:
         return "stream-vmdk"
-    if any(f".{fmt}" in name for fmt in ("vhd", "vdi")):
+    if ".vdi" in name:
+        return "stream-vdi"
+    if ".vhd" in name:
         return "qemu-scratch" if compressed else "qemu-nbd"
     return "stream-raw"
 
