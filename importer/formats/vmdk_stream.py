@@ -16,8 +16,8 @@ offset     size    field
 =========  ======  ==========================================================
 
 A grain marker's data is a zlib stream that must inflate to exactly one grain (or to the
-part of the last grain inside the disk); it is
-inflated with a bound, so a small blob cannot expand past a grain. Grains are padded to a
+part of the last grain inside the disk); it is inflated with a bound, so a small blob cannot
+expand past a grain. Grains are padded to a
 sector. The tables the metadata markers carry are not needed: each grain says where it goes.
 A stream must end with its end-of-stream marker, except qemu-img's, which have none but keep
 their tables in front: there the grains the markers brought must be exactly the ones the tables
@@ -34,8 +34,8 @@ from typing import cast
 from ..errors import InvalidImage
 from ..stream import CHUNK, ChunkReader
 from ..target import DiskTarget
-from .vmdk import SECTOR
 from .runs import PlacementDigest, StreamPlan
+from .vmdk import SECTOR
 from .writer import GuestWriter
 
 try:
@@ -75,6 +75,8 @@ def convert_stream(reader: ChunkReader, target: DiskTarget, plan: StreamPlan) ->
 
 
 class _Converter:
+    """One pass over the stream: the plan's runs, or VMDK markers, to guest writes."""
+
     def __init__(self, reader: ChunkReader, target: DiskTarget, plan: StreamPlan) -> None:
         self.reader = reader
         self.base = reader.position
@@ -101,7 +103,7 @@ class _Converter:
         self.writer.close()
         self.result.data_bytes = self.writer.data_bytes
 
-    # -- monolithicSparse ------------------------------------------------------------------
+    # -- runs (VMDK monolithicSparse, VDI) ----------------------------------------------------
 
     def _runs(self) -> None:
         plan = self.plan
@@ -116,7 +118,7 @@ class _Converter:
                 guest += len(piece)
                 length -= len(piece)
 
-    # -- streamOptimized -------------------------------------------------------------------
+    # -- markers (VMDK streamOptimized) --------------------------------------------------------
 
     def _markers(self) -> None:
         self._skip_to(self.plan.data_start, "first grain marker")
