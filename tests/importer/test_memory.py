@@ -5,7 +5,7 @@ places and half holes, served by real nginx in several forms):
 
 * the importer's own peak RSS (VmHWM of the child) stays under 100 MiB on every route: raw,
   raw.gz, raw.zst, qcow2, qcow2.xz (streamed, decompressed on the way) and VMDK (our reader:
-  monolithicSparse plain and in gz, streamOptimized), and raw.gz from SeaweedFS S3 (parallel ranged GETs for a
+  monolithicSparse plain and in gz, streamOptimized; VDI), and raw.gz from SeaweedFS S3 (parallel ranged GETs for a
   round at least); the bound is the issue's, with CDI's pods at 70-82 MiB;
 * the target allocates at most 1.01x the image's data bytes (non-zero 4 KiB blocks) on
   every route, compressed or not: holes found after decompression stay holes;
@@ -56,7 +56,7 @@ def served(tmp_path_factory: pytest.TempPathFactory, test_ca: TestCA) -> Iterato
     www.mkdir()
     raw = www / "disk.raw"
     data = _make_disk(raw)
-    for fmt in ("qcow2", "vmdk"):
+    for fmt in ("qcow2", "vmdk", "vdi"):
         subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", fmt, str(raw), str(www / f"disk.{fmt}")],
                        check=True)
     subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "vmdk", "-o", "subformat=streamOptimized",
@@ -74,7 +74,8 @@ def served(tmp_path_factory: pytest.TempPathFactory, test_ca: TestCA) -> Iterato
 
 
 @pytest.mark.parametrize("name", ["disk.raw", "disk.raw.gz", "disk.raw.zst", "disk.qcow2",
-                                  "disk.qcow2.xz", "disk.vmdk", "disk.vmdk.gz", "disk-stream.vmdk"])
+                                  "disk.qcow2.xz", "disk.vmdk", "disk.vmdk.gz", "disk-stream.vmdk",
+                                  "disk.vdi"])
 def test_peak_rss_and_bytes_written(name: str, served: tuple[Nginx, int, str], tmp_path: Path) -> None:
     nginx, data, digest = served
     target = tmp_path / "disk.img"
