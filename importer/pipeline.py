@@ -20,7 +20,9 @@ route                          when
 ``stream-vdi``                 VDI (dynamic or fixed, blocks in disk order), from any
                                source: the block map is read first, the same way
                                (:mod:`.formats.vdi_plan`), then the blocks as they pass
-``qemu-local``                 VHD/VHDX (and VMDK/VDI the readers do not take) in a local
+``stream-vhd``                 dynamic VHD whose geometry and size field agree, blocks in
+                               disk order: likewise, from its BAT (:mod:`.formats.vhd_plan`)
+``qemu-local``                 VHDX (and VMDK/VDI/VHD the readers do not take) in a local
                                uncompressed file
 ``qemu-nbd``                   VMDK/VHD/VHDX/VDI from a source with random access: qemu-img
                                reads our source through a loopback NBD socket
@@ -177,6 +179,7 @@ class _Run:
             "stream-qcow2": self.stream_qcow2,
             "stream-vmdk": self.stream_blocks,
             "stream-vdi": self.stream_blocks,
+            "stream-vhd": self.stream_blocks,
             "qemu-local": self.qemu_local,
             "qemu-nbd": self.qemu_nbd,
             "qemu-scratch": self.qemu_scratch,
@@ -279,16 +282,17 @@ class _Run:
         return "qemu-scratch"
 
     def _streams(self, kind: str) -> bool:
-        """Whether our single-pass reader takes this VMDK or VDI (its plan is kept); else
+        """Whether our single-pass reader takes this VMDK, VDI or VHD (its plan is kept); else
         qemu-img converts it. With random access to the file itself the tables are read by
         range; otherwise from what the stream holds ahead without consuming it, so a fallback
         loses nothing."""
         from .formats.runs import lookahead_read_at
         from .formats.vdi_plan import plan_vdi
+        from .formats.vhd_plan import plan_vhd
         from .formats.vmdk_plan import plan_vmdk
 
         assert self.info is not None
-        planner = {"vmdk": plan_vmdk, "vdi": plan_vdi}.get(kind)
+        planner = {"vmdk": plan_vmdk, "vdi": plan_vdi, "vhd": plan_vhd}.get(kind)
         if planner is None:
             return False
         if self.plan is None:

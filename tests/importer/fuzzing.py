@@ -37,6 +37,7 @@ from importer.formats.vmdk import check_descriptor_text, inspect_vmdk
 from importer.formats.runs import StreamPlan, lookahead_read_at
 from importer.formats.tables import ReadAt
 from importer.formats.vdi_plan import plan_vdi
+from importer.formats.vhd_plan import plan_vhd
 from importer.formats.vmdk_plan import plan_vmdk
 from importer.formats.vmdk_stream import convert_stream
 from importer.stream import ChunkReader
@@ -143,6 +144,10 @@ def run_vmdk_reader(data: bytes, work: Path) -> None:
 
 def run_vdi_reader(data: bytes, work: Path) -> None:
     _run_stream_reader(data, work, plan_vdi)
+
+
+def run_vhd_reader(data: bytes, work: Path) -> None:
+    _run_stream_reader(data, work, plan_vhd)
 
 
 def _run_stream_reader(data: bytes, work: Path,
@@ -255,6 +260,7 @@ TARGETS = {
     "vmdk-descriptor": Target("vmdk-descriptor", lambda: qemu_seed("vmdk")[512:1536],
                               run_vmdk_descriptor, _head(1024)),
     "vhd": Target("vhd", lambda: qemu_seed("vpc"), _inspector(inspect_vhd), _vhd_regions),
+    "vhd-reader": Target("vhd-reader", lambda: qemu_seed("vpc"), run_vhd_reader, _vhd_regions),
     "vhdx": Target("vhdx", lambda: qemu_seed("vhdx"), _inspector(inspect_vhdx), _vhdx_regions),
     "vdi": Target("vdi", lambda: qemu_seed("vdi"), _inspector(inspect_vdi), _vdi_regions),
     "vdi-reader": Target("vdi-reader", lambda: qemu_seed("vdi"), run_vdi_reader,
