@@ -43,6 +43,7 @@ import errno
 import logging
 import math
 import os
+import struct
 import tempfile
 import time
 from contextlib import ExitStack
@@ -296,10 +297,14 @@ class _Run:
         if planner is None:
             return False
         if self.plan is None:
-            if self.info.random_access and not self.compression:
-                self.plan = planner(self.source.read_at, self.info.size)
-            elif self.reader is not None:
-                self.plan = planner(lookahead_read_at(self.reader.peek), None)
+            try:
+                if self.info.random_access and not self.compression:
+                    self.plan = planner(self.source.read_at, self.info.size)
+                elif self.reader is not None:
+                    self.plan = planner(lookahead_read_at(self.reader.peek), None)
+            except (struct.error, ValueError, OverflowError) as error:  # as inspect_image does
+                raise InvalidImage(f"the {kind} image's header or tables are malformed: "
+                                   f"{error}") from error
         return self.plan is not None
 
     # -- streaming routes ---------------------------------------------------------------------

@@ -161,7 +161,7 @@ def _plan_sparse(header: dict[str, int], read_at: ReadAt, size: int | None,
 def _table_offsets(read_at: ReadAt, gd_offset: int, tables: int, gt_bytes: int,
                    reserved: list[tuple[int, int]], size: int | None, limit: int,
                    ) -> "array[int] | None":
-    """The allocated GD entries as ``GD index << 40 | GT sector`` words; None unless the
+    """The allocated GD entries as ``GD index << 32 | GT sector`` words; None unless the
     tables lie one after another in the file. A table over the header, the descriptor or
     the GD itself (``reserved``) is refused."""
     words = array("Q")
@@ -181,7 +181,7 @@ def _table_offsets(read_at: ReadAt, gd_offset: int, tables: int, gt_bytes: int,
                         raise Unstreamable("grain table beyond the look-ahead")
                     require_within(offset + gt_bytes, size, "grain table")
                 previous_end = offset + gt_bytes
-                words.append(index << 40 | entry)
+                words.append(index << 32 | entry)
             index += 1
     return words
 
@@ -201,7 +201,7 @@ def _grain_tables(read_at: ReadAt, words: "array[int]", per_gt: int, grains: int
             stop += 1
         blob = read_exact(read_at, first, (stop - position) * gt_bytes, "VMDK grain table")
         for n in range(position, stop):
-            index = (words[n] >> 40) * per_gt
+            index = (words[n] >> 32) * per_gt
             count = min(per_gt, grains - index)
             at = (n - position) * gt_bytes
             if not blob.startswith(empty[:count * 4], at):  # empty tables: one memcmp
@@ -212,7 +212,8 @@ def _grain_tables(read_at: ReadAt, words: "array[int]", per_gt: int, grains: int
         position = stop
 
 
-_SECTOR_MASK = (1 << 40) - 1
+_SECTOR_MASK = (1 << 32) - 1
+"""GT sectors are 32 bits; GD indexes stay below 2**26 (the table cap), so both fit a word."""
 
 
 class _Grains:
