@@ -10,7 +10,9 @@ Every baseline ends with ``sync FILE``: ``cdi import`` fsyncs before it reports 
 CDI does), so both sides pay for durable data.
 - qcow2:      CDI's path: ``curl -o`` to scratch then ``qemu-img convert``  vs ``cdi import``
               (our streaming qcow2 reader, no scratch)
-- vmdk:       ``curl -o`` then ``qemu-img convert``  vs ``cdi import`` (qemu-img over NBD)
+- vmdk:       ``curl -o`` then ``qemu-img convert``  vs ``cdi import`` (our single-pass reader)
+- vmdk-stream: the same for a streamOptimized VMDK (compressed grains, what OVAs carry)
+- vdi, vhd:   the same for a dynamic VDI and a dynamic VHD (our single-pass readers)
 - raw.gz, qcow2.xz: CDI's path: ``curl | gzip -d`` (``xz -d``) to scratch, then
               ``qemu-img convert``  vs ``cdi import`` (decompressed as it arrives, no scratch)
 
@@ -111,6 +113,11 @@ def main() -> None:
     make_disk(www / "disk.raw", size)
     subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(www / "disk.raw"), str(www / "disk.qcow2")], check=True)
     subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "vmdk", str(www / "disk.raw"), str(www / "disk.vmdk")], check=True)
+    subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "vmdk", "-o", "subformat=streamOptimized",
+                    str(www / "disk.raw"), str(www / "disk-stream.vmdk")], check=True)
+    for fmt, qemu_format in (("vdi", "vdi"), ("vhd", "vpc")):
+        subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", qemu_format, str(www / "disk.raw"),
+                        str(www / f"disk.{fmt}")], check=True)
     subprocess.run(["zstd", "-q", "-T0", "-3", str(www / "disk.raw"), "-o", str(www / "disk.raw.zst")], check=True)
     subprocess.run(f"gzip -1 -c {www / 'disk.raw'} > {www / 'disk.raw.gz'}", shell=True, check=True)
     subprocess.run(f"xz -T0 -0 -c {www / 'disk.qcow2'} > {www / 'disk.qcow2.xz'}", shell=True, check=True)
@@ -129,6 +136,12 @@ def main() -> None:
                   [cdi, "import", f"{base}/disk.qcow2", str(out), "--no-progress"]),
         "vmdk": (f"curl -sf -o {scratch} {base}/disk.vmdk && qemu-img convert -t writeback -f vmdk -O raw {scratch} {out}" + durable,
                  [cdi, "import", f"{base}/disk.vmdk", str(out), "--no-progress"]),
+        "vmdk-stream": (f"curl -sf -o {scratch} {base}/disk-stream.vmdk && qemu-img convert -t writeback -f vmdk -O raw {scratch} {out}" + durable,
+                        [cdi, "import", f"{base}/disk-stream.vmdk", str(out), "--no-progress"]),
+        "vdi": (f"curl -sf -o {scratch} {base}/disk.vdi && qemu-img convert -t writeback -f vdi -O raw {scratch} {out}" + durable,
+                [cdi, "import", f"{base}/disk.vdi", str(out), "--no-progress"]),
+        "vhd": (f"curl -sf -o {scratch} {base}/disk.vhd && qemu-img convert -t writeback -f vpc -O raw {scratch} {out}" + durable,
+                [cdi, "import", f"{base}/disk.vhd", str(out), "--no-progress"]),
         "raw.gz": (f"curl -sf {base}/disk.raw.gz | gzip -d > {scratch} && qemu-img convert -t writeback -f raw -O raw {scratch} {out}" + durable,
                    [cdi, "import", f"{base}/disk.raw.gz", str(out), "--no-progress"]),
         "qcow2.xz": (f"curl -sf {base}/disk.qcow2.xz | xz -d > {scratch} && qemu-img convert -t writeback -f qcow2 -O raw {scratch} {out}" + durable,
@@ -137,7 +150,7 @@ def main() -> None:
     if args.cases:
         cases = {name: cases[name] for name in args.cases.split(",")}
     sides = {"ours": cdi, **({"before": args.before} if args.before else {})}
-    print(f"{'case':10} {'side':7} {'theirs MB/s':>12} {'ours MB/s':>10} {'ratio':>6} {'peak RSS':>9} "
+    print(f"{'case':11} {'side':7} {'theirs MB/s':>12} {'ours MB/s':>10} {'ratio':>6} {'peak RSS':>9} "
           f"{'written/data':>13}")
     try:
         for name, (theirs, ours) in cases.items():
@@ -157,7 +170,7 @@ def main() -> None:
             theirs_mbs = size / statistics.median(their_times) / 1e6
             for side in sides:
                 mbs = size / statistics.median(times[side]) / 1e6
-                print(f"{name:10} {side:7} {theirs_mbs:12.0f} {mbs:10.0f} {mbs / theirs_mbs:6.2f} "
+                print(f"{name:11} {side:7} {theirs_mbs:12.0f} {mbs:10.0f} {mbs / theirs_mbs:6.2f} "
                       f"{max(rss[side]) / 1024:5.0f} MiB {written[side] / data_bytes:13.3f}", flush=True)
     finally:
         nginx.stop()

@@ -12,7 +12,18 @@ route                          when
                                sparse, never through ``qemu-img``
 ``stream-qcow2``               qcow2 from any source: our own reader places clusters as
                                they pass; with random access its tables are read first
-``qemu-local``                 VMDK/VHD/VHDX/VDI in a local uncompressed file
+``stream-vmdk``                VMDK monolithicSparse whose tables come first and whose
+                               grains are in disk order, and VMDK streamOptimized, from any
+                               source: our own reader (:mod:`.formats.vmdk_plan`) writes
+                               grains as they pass; the tables are read by range, or from
+                               the stream's first 8 MiB when it has no ranges
+``stream-vdi``                 VDI (dynamic or fixed, blocks in disk order), from any
+                               source: the block map is read first, the same way
+                               (:mod:`.formats.vdi_plan`), then the blocks as they pass
+``stream-vhd``                 dynamic VHD whose geometry and size field agree, blocks in
+                               disk order: likewise, from its BAT (:mod:`.formats.vhd_plan`)
+``qemu-local``                 VHDX (and VMDK/VDI/VHD the readers do not take) in a local
+                               uncompressed file
 ``qemu-nbd``                   VMDK/VHD/VHDX/VDI from a source with random access: qemu-img
                                reads our source through a loopback NBD socket
 ``qemu-scratch``               VMDK/VHD/VHDX/VDI that arrive compressed or from a source
@@ -32,6 +43,7 @@ import errno
 import logging
 import math
 import os
+import struct
 import tempfile
 import time
 from contextlib import ExitStack
@@ -46,6 +58,7 @@ from .errors import (CdiImportError, ImageTooLarge, InvalidImage, InvalidSource,
                      RangesIgnored, ScratchSpaceRequired, SourceChanged)
 from .formats import magic
 from .formats.decompress import decompress
+from .formats.runs import StreamPlan
 from .memory import limit_arenas
 from .progress import Progress, ProgressListener
 from .readahead import ReadAhead
@@ -149,6 +162,7 @@ class _Run:
         self.virtual_size = 0
         self.scratch_bytes = 0
         self.disk_size = 0
+        self.plan: StreamPlan | None = None
         self.cleanup = ExitStack()
 
     @property
@@ -164,6 +178,9 @@ class _Run:
             "probe": self.probe,
             "stream-raw": self.stream_raw,
             "stream-qcow2": self.stream_qcow2,
+            "stream-vmdk": self.stream_blocks,
+            "stream-vdi": self.stream_blocks,
+            "stream-vhd": self.stream_blocks,
             "qemu-local": self.qemu_local,
             "qemu-nbd": self.qemu_nbd,
             "qemu-scratch": self.qemu_scratch,
@@ -235,7 +252,7 @@ class _Run:
         if not self.info.random_access or self.archive is not None:
             return None
         kind = magic.detect(self.source.read_at(0, magic.HEADER_BYTES))
-        if not magic.needs_conversion(kind) or kind == "qcow2":
+        if not magic.needs_conversion(kind) or kind == "qcow2" or self._streams(kind):
             return None
         route = self._choose_route(kind)
         if route not in ("qemu-local", "qemu-nbd"):
@@ -254,6 +271,8 @@ class _Run:
         assert self.info is not None
         if kind == "qcow2":
             return "stream-qcow2"
+        if self._streams(kind):
+            return f"stream-{kind}"
         if not magic.needs_conversion(kind):
             return "stream-raw"
         plain = not self.compression
@@ -262,6 +281,31 @@ class _Run:
         if plain and self.info.random_access and not self.options.checksum:
             return "qemu-nbd"
         return "qemu-scratch"
+
+    def _streams(self, kind: str) -> bool:
+        """Whether our single-pass reader takes this VMDK, VDI or VHD (its plan is kept); else
+        qemu-img converts it. With random access to the file itself the tables are read by
+        range; otherwise from what the stream holds ahead without consuming it, so a fallback
+        loses nothing."""
+        from .formats.runs import lookahead_read_at
+        from .formats.vdi_plan import plan_vdi
+        from .formats.vhd_plan import plan_vhd
+        from .formats.vmdk_plan import plan_vmdk
+
+        assert self.info is not None
+        planner = {"vmdk": plan_vmdk, "vdi": plan_vdi, "vhd": plan_vhd}.get(kind)
+        if planner is None:
+            return False
+        if self.plan is None:
+            try:
+                if self.info.random_access and not self.compression:
+                    self.plan = planner(self.source.read_at, self.info.size)
+                elif self.reader is not None:
+                    self.plan = planner(lookahead_read_at(self.reader.peek), None)
+            except (struct.error, ValueError, OverflowError) as error:  # as inspect_image does
+                raise InvalidImage(f"the {kind} image's header or tables are malformed: "
+                                   f"{error}") from error
+        return self.plan is not None
 
     # -- streaming routes ---------------------------------------------------------------------
 
@@ -292,6 +336,16 @@ class _Run:
         result = convert_qcow2(self.reader, self.target, read_at=read_at,
                                spill_dir=self.options.scratch_dir or self.target.final_path.parent)
         self.scratch_bytes = result.spilled_bytes
+        self.virtual_size = result.virtual_size
+        self._drain()
+        return "verify"
+
+    def stream_blocks(self) -> str:
+        from .formats.vmdk_stream import convert_stream
+
+        assert self.reader is not None and self.plan is not None
+        self._start_transfer()
+        result = convert_stream(self.reader, self.target, self.plan)
         self.virtual_size = result.virtual_size
         self._drain()
         return "verify"

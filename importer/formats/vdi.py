@@ -34,8 +34,12 @@ FREE = 0xFFFFFFFE
 TYPE_DYNAMIC, TYPE_FIXED = 1, 2
 
 
-def inspect_vdi(read_at: ReadAt, size: int) -> None:
-    header = read_exact(read_at, 0, 0x1C8, "VDI header")
+HEADER_BYTES = 0x1C8
+
+
+def parse_header(header: bytes) -> dict[str, int]:
+    """The fields of a VDI header that matter, validated alike for the inspector and the
+    streaming reader (:mod:`.vdi_plan`)."""
     signature, _version = struct.unpack_from("<II", header, 0x40)
     if signature != SIGNATURE:
         raise InvalidImage("not a VDI image (bad signature)")
@@ -50,10 +54,17 @@ def inspect_vdi(read_at: ReadAt, size: int) -> None:
     if blocks * block < disk_size:
         raise InvalidImage(f"the VDI block map ({blocks} blocks of {block} bytes) does not "
                            f"cover its size of {disk_size} bytes")
+    return {"kind": kind, "blocks_offset": blocks_offset, "data_offset": data_offset,
+            "disk_size": disk_size, "block": block, "extra": extra, "blocks": blocks}
+
+
+def inspect_vdi(read_at: ReadAt, size: int) -> None:
+    h = parse_header(read_exact(read_at, 0, HEADER_BYTES, "VDI header"))
+    block, extra, blocks = h["block"], h["extra"], h["blocks"]
     last = -1
-    for entries in table_slices(read_at, blocks_offset, blocks, 4, False, "VDI block map"):
+    for entries in table_slices(read_at, h["blocks_offset"], blocks, 4, False, "VDI block map"):
         last = max(last, max((e for e in entries if e < FREE), default=-1))
-    if kind == TYPE_FIXED:
+    if h["kind"] == TYPE_FIXED:
         last = blocks - 1
     if last >= 0:
-        require_within(data_offset + (last + 1) * (block + extra), size, "last data block")
+        require_within(h["data_offset"] + (last + 1) * (block + extra), size, "last data block")

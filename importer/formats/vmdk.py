@@ -15,6 +15,7 @@ offset    size    field
 44        4       grain table entries per grain table (qemu: at most 512)
 48        8       redundant grain directory offset, in sectors
 56        8       grain directory offset, in sectors (``GD_AT_END``: see the footer)
+64        8       overhead: sectors before the first grain (header and tables)
 77        2       compression algorithm (1: deflate)
 ========  ======  ==============================================================
 
@@ -37,6 +38,7 @@ from .tables import ReadAt, read_exact, require_within, table_slices
 SECTOR = 512
 HEADER = struct.Struct("<4sIIQQQQIQQQ?4sH")
 GD_AT_END = 0xFFFFFFFFFFFFFFFF
+FLAG_ZERO_GRAIN = 1 << 2
 FLAG_COMPRESSED = 1 << 16
 FLAG_MARKERS = 1 << 17
 MAX_DESCRIPTOR = 1024 * 1024
@@ -48,22 +50,24 @@ _EXTENT = re.compile(r'^(RW|RDONLY|NOACCESS)\s+(\d+)\s+(\w+)(?:\s+"([^"]*)"(?:\s
 def inspect_vmdk(read_at: ReadAt, size: int) -> None:
     """Raise UnsafeImage or InvalidImage unless the VMDK is one self-contained sparse file
     whose tables stay inside it."""
-    header = _header(read_exact(read_at, 0, SECTOR, "VMDK header"))
+    header = parse_header(read_exact(read_at, 0, SECTOR, "VMDK header"))
     check_descriptor(header, read_at)
     if header["capacity"] == 0:
         raise UnsafeImage("the VMDK header leaves its size to the descriptor's extents, which "
                           "may name other files: refusing")
     if header["gd_offset"] == GD_AT_END:  # streamOptimized: the real header is in the footer
         require_within(3 * SECTOR, size, "footer")
-        header = _header(read_exact(read_at, size - 2 * SECTOR, SECTOR, "VMDK footer"))
+        header = parse_header(read_exact(read_at, size - 2 * SECTOR, SECTOR, "VMDK footer"))
         if header["gd_offset"] == GD_AT_END:
             raise InvalidImage("the VMDK footer does not say where its grain directory is")
     _check_grains(header, read_at, size)
 
 
-def _header(data: bytes) -> dict[str, int]:
+def parse_header(data: bytes) -> dict[str, int]:
+    """The fields of a hosted sparse header (sizes and offsets in sectors), validated alike
+    for the inspector and the streaming reader (:mod:`.vmdk_plan`)."""
     (magic, version, flags, capacity, grain, desc_offset, desc_size, gtes, _rgd, gd_offset,
-     _overhead, _unclean, _chars, compression) = HEADER.unpack_from(data)
+     overhead, _unclean, _chars, compression) = HEADER.unpack_from(data)
     if magic != b"KDMV":
         raise InvalidImage("not a sparse VMDK (bad magic)")
     if not 1 <= version <= 3:
@@ -74,7 +78,7 @@ def _header(data: bytes) -> dict[str, int]:
         raise InvalidImage(f"invalid VMDK grain table size of {gtes} entries")
     return {"flags": flags, "capacity": capacity, "grain": grain, "desc_offset": desc_offset,
             "desc_size": desc_size, "gtes": gtes, "gd_offset": gd_offset,
-            "compression": compression}
+            "compression": compression, "version": version, "overhead": overhead}
 
 
 def check_descriptor(header: dict[str, int], read_at: ReadAt) -> None:

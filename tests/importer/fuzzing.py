@@ -34,6 +34,12 @@ from importer.formats.vdi import inspect_vdi
 from importer.formats.vhd import inspect_vhd
 from importer.formats.vhdx import inspect_vhdx
 from importer.formats.vmdk import check_descriptor_text, inspect_vmdk
+from importer.formats.runs import StreamPlan, lookahead_read_at
+from importer.formats.tables import ReadAt
+from importer.formats.vdi_plan import plan_vdi
+from importer.formats.vhd_plan import plan_vhd
+from importer.formats.vmdk_plan import plan_vmdk
+from importer.formats.vmdk_stream import convert_stream
 from importer.stream import ChunkReader
 from importer.target import DiskTarget, TargetSpec
 
@@ -132,6 +138,33 @@ def run_qcow2(data: bytes, work: Path) -> None:
         assert target.highest_written <= 8 * MiB
 
 
+def run_vmdk_reader(data: bytes, work: Path) -> None:
+    _run_stream_reader(data, work, plan_vmdk)
+
+
+def run_vdi_reader(data: bytes, work: Path) -> None:
+    _run_stream_reader(data, work, plan_vdi)
+
+
+def run_vhd_reader(data: bytes, work: Path) -> None:
+    _run_stream_reader(data, work, plan_vhd)
+
+
+def _run_stream_reader(data: bytes, work: Path,
+                       planner: Callable[[ReadAt, int | None], StreamPlan | None]) -> None:
+    """A single-pass reader (VMDK, VDI), with the tables read by range and from a stream."""
+    for random_access in (False, True):
+        reader = ChunkReader(_chunks(data, 65_536))
+        read_at = _read_at(data) if random_access else lookahead_read_at(reader.peek)
+        plan = planner(read_at, len(data) if random_access else None)
+        if plan is None:
+            continue
+        target = DiskTarget(TargetSpec(path=work / "out.img", size=8 * MiB))
+        with target:
+            convert_stream(reader, target, plan)
+        assert target.highest_written <= 8 * MiB
+
+
 def run_zstd(data: bytes, work: Path) -> None:
     walker = ZstdFrameWalker()
     for chunk in _chunks(data, 4099):
@@ -196,6 +229,15 @@ def _vmdk_regions(data: bytes) -> list[tuple[int, int]]:
     return [(0, 80), (512, 1536), (gd * 512, gd * 512 + 2048)]
 
 
+def _vmdk_reader_regions(data: bytes) -> list[tuple[int, int]]:
+    """The header and tables, plus the first grain or grain markers."""
+    (overhead,) = struct.unpack_from("<Q", data, 64)
+    (gd,) = struct.unpack_from("<Q", data, 56)
+    (gt,) = struct.unpack_from("<I", data, gd * 512)
+    return _vmdk_regions(data) + [(gt * 512, gt * 512 + 2048),
+                                  (overhead * 512, min(len(data), overhead * 512 + 4096))]
+
+
 def _vhdx_regions(data: bytes) -> list[tuple[int, int]]:
     return [(0, 16), (192 * 1024, 192 * 1024 + 256), (256 * 1024, 256 * 1024 + 256),
             (1024 * 1024, 1024 * 1024 + 512), (2 * 1024 * 1024, 2 * 1024 * 1024 + 512)]
@@ -210,11 +252,19 @@ TARGETS = {
     "vmdk": Target("vmdk", lambda: qemu_seed("vmdk"), _inspector(inspect_vmdk), _vmdk_regions),
     "vmdk-stream": Target("vmdk-stream", lambda: qemu_seed("vmdk", "-o", "subformat=streamOptimized"),
                           _inspector(inspect_vmdk), _vmdk_regions),
+    "vmdk-reader": Target("vmdk-reader", lambda: qemu_seed("vmdk"), run_vmdk_reader,
+                          _vmdk_reader_regions),
+    "vmdk-stream-reader": Target("vmdk-stream-reader",
+                                 lambda: qemu_seed("vmdk", "-o", "subformat=streamOptimized"),
+                                 run_vmdk_reader, _vmdk_reader_regions),
     "vmdk-descriptor": Target("vmdk-descriptor", lambda: qemu_seed("vmdk")[512:1536],
                               run_vmdk_descriptor, _head(1024)),
     "vhd": Target("vhd", lambda: qemu_seed("vpc"), _inspector(inspect_vhd), _vhd_regions),
+    "vhd-reader": Target("vhd-reader", lambda: qemu_seed("vpc"), run_vhd_reader, _vhd_regions),
     "vhdx": Target("vhdx", lambda: qemu_seed("vhdx"), _inspector(inspect_vhdx), _vhdx_regions),
     "vdi": Target("vdi", lambda: qemu_seed("vdi"), _inspector(inspect_vdi), _vdi_regions),
+    "vdi-reader": Target("vdi-reader", lambda: qemu_seed("vdi"), run_vdi_reader,
+                         lambda data: _vdi_regions(data) + [(1024, 4096)]),
     "zstd": Target("zstd", zstd_seed, run_zstd, _head(64)),
     "tar": Target("tar", tar_seed, run_tar, lambda data: [(0, min(len(data), 4096))]),
 }

@@ -29,7 +29,7 @@ def s3_images(seaweed_s3: SeaweedS3, images: dict[str, Image]) -> SeaweedS3:
     return seaweed_s3
 
 
-@pytest.mark.parametrize("name,route", [("disk.qcow2", "stream-qcow2"), ("disk.vmdk", "qemu-nbd"),
+@pytest.mark.parametrize("name,route", [("disk.qcow2", "stream-qcow2"), ("disk.vmdk", "stream-vmdk"),
                                         ("disk.raw.zst", "stream-raw"), ("disk.vhdx", "qemu-nbd")])
 def test_s3_import(name: str, route: str, s3_images: SeaweedS3, images: dict[str, Image], tmp_path: Path) -> None:
     result = cdi.import_image(f"s3://{s3_images.bucket}/images/{name}", tmp_path / "d.img",

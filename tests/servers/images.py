@@ -108,4 +108,8 @@ def build_images(directory: Path) -> dict[str, Image]:
             path = directory / f"{name}.{suffix}"
             path.write_bytes(compress(data))
             images[path.name] = Image(path, source.raw_sha256, source.raw_size, sha256_file(path))
+    vhdx = images["disk.vhdx"]  # the one format left to qemu-img: compressed, it needs scratch
+    path = directory / "disk.vhdx.gz"
+    path.write_bytes(COMPRESSIONS["gz"](vhdx.path.read_bytes()))
+    images[path.name] = Image(path, vhdx.raw_sha256, vhdx.raw_size, sha256_file(path))
     return images

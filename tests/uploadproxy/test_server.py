@@ -6,8 +6,8 @@ Behaviours under test:
   certificate from another CA fails the TLS handshake; the volume is untouched either way;
 - only POST uploads (404 otherwise); HEAD on the async path answers 200;
 - sync and async uploads of raw, raw.gz, raw.xz, qcow2, qcow2.xz and vmdk end with the image's
-  exact raw content; raw and qcow2 stream straight to the target (no scratch), vmdk goes
-  through a scratch file that is removed afterwards; the termination message says
+  exact raw content; raw, qcow2 and vmdk stream straight to the target (no scratch file is
+  left in the scratch directory); the termination message says
   "Upload Complete";
 - multipart form uploads (the ``file`` part; others ignored), sync and async;
 - an archive (tar.gz) is unpacked into the filesystem volume, no disk.img;
@@ -77,7 +77,7 @@ def test_methods(upload_server: ServerFactory, pki: Pki) -> None:
 
 
 ROUTES = {"disk.raw": "stream-raw", "disk.raw.gz": "stream-raw", "disk.raw.xz": "stream-raw",
-          "disk.qcow2": "stream-qcow2", "disk.qcow2.xz": "stream-qcow2", "disk.vmdk": "qemu-scratch"}
+          "disk.qcow2": "stream-qcow2", "disk.qcow2.xz": "stream-qcow2", "disk.vmdk": "stream-vmdk"}
 
 
 @pytest.mark.parametrize("path", [paths.SYNC, paths.ASYNC, "/v1alpha1/upload"])
