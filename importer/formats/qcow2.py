@@ -387,6 +387,8 @@ def convert_qcow2(reader: ChunkReader, target: DiskTarget, *, read_at: ReadAt | 
     header = parse_header(probe)
     target.check_fits(header.virtual_size)
     _check_file_can_hold(target, header.virtual_size)
+    if target.is_block:  # clusters the image leaves unallocated must not show a device's old data
+        target.zero_range(0, header.virtual_size)
     plan = _SpillPlan(spill_dir, spill_limit(target.capacity))
     converter = _Converter(header, reader, target, read_at, plan)
     try:
