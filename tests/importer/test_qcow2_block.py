@@ -6,10 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 import cdi
 
@@ -17,17 +14,8 @@ MiB = 1 << 20
 SIZE = 8 * MiB
 
 
-@pytest.fixture
-def stale_device(tmp_path: Path) -> Iterator[Path]:
-    backing = tmp_path / "backing.img"
-    backing.write_bytes(b"\xaa" * (16 * MiB))
-    device = subprocess.run(["losetup", "-f", "--show", str(backing)], check=True,
-                            capture_output=True, text=True).stdout.strip()
-    yield Path(device)
-    subprocess.run(["losetup", "-d", device], check=False)
-
-
-def test_unallocated_clusters_read_as_zeros(tmp_path: Path, stale_device: Path) -> None:
+def test_unallocated_clusters_read_as_zeros(tmp_path: Path, loop_device: Path) -> None:
+    """``loop_device``: 48 MiB full of 0xaa (tests/importer/conftest.py)."""
     raw = tmp_path / "disk.raw"
     with raw.open("wb") as disk:
         disk.truncate(SIZE)
@@ -36,8 +24,8 @@ def test_unallocated_clusters_read_as_zeros(tmp_path: Path, stale_device: Path) 
             disk.write(bytes(range(256)) * 256)
     image = tmp_path / "disk.qcow2"
     subprocess.run(["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", str(raw), str(image)], check=True)
-    result = cdi.import_image(str(image), stale_device)
+    result = cdi.import_image(str(image), loop_device)
     assert result.route == "stream-qcow2"
-    with open(stale_device, "rb") as device:
+    with open(loop_device, "rb") as device:
         written = device.read(SIZE)
     assert hashlib.sha256(written).hexdigest() == hashlib.sha256(raw.read_bytes()).hexdigest()

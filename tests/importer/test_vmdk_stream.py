@@ -122,17 +122,6 @@ def test_imports_like_qemu_img(served: Served, tmp_path: Path, name: str, where:
     assert [p.name for p in tmp_path.iterdir()] == ["disk.img"]
 
 
-@pytest.fixture
-def loop_device(tmp_path: Path) -> Iterator[Path]:
-    """A 48 MiB block device full of old data (0xaa) that an import must not leave behind."""
-    backing = tmp_path / "backing.img"
-    backing.write_bytes(b"\xaa" * (48 * MiB))
-    device = subprocess.run(["losetup", "-f", "--show", str(backing)], check=True,
-                            capture_output=True, text=True).stdout.strip()
-    yield Path(device)
-    subprocess.run(["losetup", "-d", device], check=False)
-
-
 @pytest.mark.parametrize("name", ["sparse.vmdk", "stream.vmdk.gz"])
 def test_block_device_holes_read_as_zeros(served: Served, loop_device: Path, name: str) -> None:
     result = cdi.import_image(f"{served.nginx.http}/{name}", loop_device)
