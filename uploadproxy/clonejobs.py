@@ -98,6 +98,7 @@ class ImageJob:
             self.target.abort()
             raise
         self.written: list[tuple[int, int]] = []
+        self._commit: "asyncio.Future[int] | None" = None
 
     async def extents(self, batch: Batch) -> None:
         await in_thread(self._write_all, batch)
@@ -136,11 +137,25 @@ class ImageJob:
         return data + bytes(length - len(data))  # a file shorter than written reads as a mismatch
 
     async def done(self, end: int) -> CloneResult:
+        """Commit once. A request superseded while committing (its cloner was cut off and came
+        back) must not leave a half-done commit behind: the commit runs shielded, and the
+        request that supersedes it, which ends at the same offset, waits for the same commit."""
         if end != self.size or self.acknowledged != self.size:
             raise ProtocolError(f"the clone ended at {end} with {self.acknowledged} of {self.size} bytes verified")
-        disk_size = await in_thread(self.target.commit, self.size)
-        os.close(self.reader)
+        if self._commit is None:
+            self._commit = in_thread(self._commit_and_close)
+        disk_size: int = await asyncio.shield(self._commit)
         return CloneResult(str(self.target.final_path), "kubevirt", self.size, disk_size, self.preallocate)
+
+    def _commit_and_close(self) -> int:
+        disk_size = self.target.commit(self.size)
+        self._close_reader()
+        return disk_size
+
+    def _close_reader(self) -> None:
+        if self.reader >= 0:
+            os.close(self.reader)
+            self.reader = -1
 
     async def rewind(self) -> None:
         await in_thread(self._rewind)
@@ -149,6 +164,8 @@ class ImageJob:
         """Drop what came after the last verified segment: a new file is cut back, a device
         zeroed, so a resumed stream writes on exactly what was acknowledged."""
         self.written.clear()
+        if self._commit is not None:
+            return  # everything was verified and is being (or has been) committed
         highest = self.target.highest_written
         if highest > self.acknowledged:
             if self.target.is_block:
@@ -162,10 +179,8 @@ class ImageJob:
         await in_thread(self._abort)
 
     def _abort(self) -> None:
-        if self.reader >= 0:
-            os.close(self.reader)
-            self.reader = -1
-        self.target.abort()
+        self._close_reader()
+        self.target.abort()  # nothing to undo once committed
 
 
 class ArchiveJob:
