@@ -13,6 +13,7 @@ Behaviours under test:
 
 from __future__ import annotations
 
+import asyncio
 import re
 import threading
 from pathlib import Path
@@ -21,6 +22,8 @@ from typing import Any, Iterator
 import pytest
 import requests
 
+from importer import clonewire as wire
+from importer.clonewire import SegmentHash
 from importer.target import DiskTarget
 from tests.cloner.conftest import ServerFactory
 from tests.cloner.harness import (CLONER_NAME, MiB, ClonePki, cloner_env, finish_cloner, run_cloner, sparse_image,
@@ -29,6 +32,7 @@ from tests.cloner.test_clone import sha256
 from tests.servers.ports import free_port
 from tests.uploadproxy.cutter import UploadCutter
 from tests.uploadproxy.harness import LoopThread, start_server
+from uploadproxy.clonejobs import CloneResult, ImageJob
 from uploadproxy.paths import CLONE
 from uploadproxy.settings import ServerSettings
 
@@ -212,3 +216,31 @@ def test_answer_lost_after_completion(source: tuple[Path, int], clone_pki: Clone
         assert sha256(settings.destination) == sha256(image)
     finally:
         loop_thread.run(handle.server.stop())
+
+
+def test_a_commit_cut_off_is_finished_by_the_request_that_supersedes_it(clone_pki: ClonePki, tmp_path: Path) -> None:
+    """The request that committed was cancelled mid-commit (its cloner was cut off and came back):
+    the next request, ending at the same offset, gets the same commit, not a second one on a
+    closed target (which answered 500 "Bad file descriptor" on every retry)."""
+    settings = in_process_server(clone_pki, tmp_path)
+    data = bytes(range(256)) * 16  # 4 KiB at offset 0; the rest of the 256 MiB are holes
+    digest = SegmentHash()
+    digest.update(0, data)
+
+    async def scenario() -> tuple[CloneResult, CloneResult]:
+        job = await asyncio.get_running_loop().run_in_executor(None, ImageJob, settings, SIZE)
+        await job.extents([(0, len(data), wire.RAW, data)])
+        await job.segment(SIZE, digest.digest())
+        first = asyncio.ensure_future(job.done(SIZE))
+        await asyncio.sleep(0)  # the commit has started in its thread
+        first.cancel()
+        await job.rewind()  # what the superseding request does first
+        second = await job.done(SIZE)
+        third = await job.done(SIZE)  # and again: the same answer
+        await job.abort(RuntimeError("the server stops"))  # nothing to undo once committed
+        return second, third
+
+    second, third = asyncio.run(scenario())
+    assert second == third and second.size == SIZE
+    assert settings.destination.read_bytes()[:len(data)] == data
+    assert settings.destination.stat().st_size >= SIZE
