@@ -21,10 +21,8 @@ from __future__ import annotations
 import errno
 import heapq
 import os
-import queue
 import struct
 import tempfile
-import threading
 import zlib
 from bisect import bisect_right
 from array import array
@@ -37,6 +35,7 @@ from ..errors import (ImageTooLarge, InvalidImage, PermanentError, ScratchSpaceR
 from ..stream import CHUNK, ChunkReader
 from ..target import DiskTarget, data_runs, is_zero
 from .qcow2_map import MAX_LIVE_TABLE_BYTES, L2Index, L2Table
+from .writer import GuestWriter
 
 ReadAt = Callable[[int, int], bytes]
 
@@ -438,7 +437,7 @@ class _Converter:
         self.last_data = b""
         """The last piece read from the stream, for ranges that reach back into it."""
         self.result = Qcow2Result(header.virtual_size)
-        self.out = _Output(target, self.result)
+        self.out = GuestWriter(target)
         self.inflate = _decompressor(header)
 
     @property
@@ -469,6 +468,7 @@ class _Converter:
         while self.events:
             self._handle(*heapq.heappop(self.events))
         self.out.close()
+        self.result.data_bytes = self.out.data_bytes
         while self.reader.read(CHUNK):  # drain: the caller hashes the whole stream
             pass
         return self.result
@@ -722,88 +722,6 @@ class _Converter:
         if self.spill is None:
             self.spill = _Spill(self.spill_plan)
         return self.spill
-
-
-class _Output:
-    """Writes guest data to the target.
-
-    Small guest-contiguous writes (compressed clusters, small stream chunks) are coalesced, so
-    a run of small clusters costs one ``write_at`` per MiB, not one per cluster. The writes
-    run on a worker thread with at most ``DEPTH`` batches queued: the target's pwrite of one
-    batch overlaps the read of the next (both release the GIL) while memory stays bounded.
-    """
-
-    LIMIT = 1024 * 1024
-    DEPTH = 4
-
-    def __init__(self, target: DiskTarget, result: Qcow2Result) -> None:
-        self.target = target
-        self.result = result
-        self.start = 0
-        self.size = 0
-        self.parts: list[bytes] = []
-        self.queue: queue.Queue[tuple[int, bytes] | None] = queue.Queue(maxsize=self.DEPTH)
-        self.worker: threading.Thread | None = None
-        self.error: BaseException | None = None
-        self.stopping = False
-
-    def write(self, offset: int, data: bytes) -> None:
-        if self.parts and offset == self.start + self.size and \
-                self.size + len(data) <= self.LIMIT:
-            self.parts.append(data)
-            self.size += len(data)
-            return
-        self.flush()
-        if len(data) >= self.LIMIT:
-            self._submit(offset, data)
-            return
-        self.start, self.size, self.parts = offset, len(data), [data]
-
-    def flush(self) -> None:
-        if self.parts:
-            data = self.parts[0] if len(self.parts) == 1 else b"".join(self.parts)
-            self.parts = []
-            self._submit(self.start, data)
-
-    def close(self) -> None:
-        """Flush, wait for every queued write and re-raise the first write error."""
-        self.flush()
-        self._stop()
-        if self.error is not None:
-            raise self.error
-
-    def abort(self) -> None:
-        """Stop the worker without writing what is still queued (the import failed)."""
-        self.stopping = True
-        self.parts = []
-        self._stop()
-
-    def _submit(self, offset: int, data: bytes) -> None:
-        if self.error is not None:
-            raise self.error
-        if self.worker is None:
-            self.worker = threading.Thread(target=self._run, name="qcow2-writer", daemon=True)
-            self.worker.start()
-        self.queue.put((offset, data))
-        self.result.data_bytes += len(data)
-
-    def _run(self) -> None:
-        while True:
-            item = self.queue.get()
-            if item is None:
-                return
-            if self.error is not None or self.stopping:
-                continue  # keep draining so the producer never blocks
-            try:
-                self.target.write_at(*item)
-            except BaseException as error:  # handed to the producer at its next write
-                self.error = error
-
-    def _stop(self) -> None:
-        if self.worker is not None:
-            self.queue.put(None)
-            self.worker.join()
-            self.worker = None
 
 
 class _Spill:
