@@ -35,7 +35,7 @@ def test_missing_or_special_paths_and_unwritable_messages_have_their_codes(tmp_p
     assert run(tmp_path, tmp_path / "absent")[0] == sizedetect.INVALID_PATH
     assert run(tmp_path, tmp_path)[0] == sizedetect.INVALID_PATH  # a directory is not an image
     image = tmp_path / "disk.img"
-    image.write_bytes(b"\\0" * 512)
+    image.write_bytes(bytes(512))
     code = sizedetect.main(["--image-path", str(image), "--termination-message", str(tmp_path / "no" / "log")])
     assert code == sizedetect.BAD_TERMINATION_FILE
     assert sizedetect.main(["--no-such-flag"]) == sizedetect.BAD_ARGUMENTS
