@@ -7,11 +7,13 @@ file over TLS on loopback:
 
 - sink:   curl -> a tiny aiohttp HTTPS server that reads the body and throws it away;
 - upload: curl -> ``python -m uploadproxy.proxy`` (token check, mTLS) ->
-          ``python -m uploadproxy.server`` -> the import pipeline -> ``disk.img``.
+          ``python -m uploadproxy.server`` -> the import pipeline -> ``disk.img``,
+          with each data path: ``UPLOADPROXY_DATA_PATH=nginx`` (nginx relays, asking the proxy
+          process about each request with ``auth_request``) and ``python`` (the process relays).
 
 The upload uses the async path, answered once every byte was received and written (the fsync
 of the commit follows; its time is printed separately as "committed"). Prints MB/s, the ratio
-(upload / sink; the goal is >= 0.8) and the peak RSS of the proxy and the server processes (from
+(upload through the nginx data path / sink; the goal is >= 0.8) and the peak RSS of the proxy and the server processes (from
 ``wait4``). Machines are noisy: compare the ratio of one run, not absolute numbers.
 
 ``--hops`` adds, per hop, the same upload without our proxy (curl with the proxy's client
@@ -113,13 +115,14 @@ class Bench:
         self.work, self.pki = work, pki
         self.server_port = free_port()
 
-    def start_proxy(self) -> tuple[subprocess.Popen[bytes], int]:
+    def start_proxy(self, data_path: str) -> tuple[subprocess.Popen[bytes], int]:
         port = free_port()
         env = {**os.environ, "APISERVER_PUBLIC_KEY": tokens.public_key_pem(self.pki.key).decode(),
                "TLS_CERT_FILE": str(self.pki.proxy.cert), "TLS_KEY_FILE": str(self.pki.proxy.key),
                "CLIENT_CERT_FILE": str(self.pki.client.cert), "CLIENT_KEY_FILE": str(self.pki.client.key),
                "SERVER_CA_FILE": str(self.pki.ca), "UPLOADPROXY_ADDRESS": "127.0.0.1", "UPLOADPROXY_PORT": str(port),
-               "UPLOAD_SERVERS": f"bench/disk=https://127.0.0.1:{self.server_port}"}
+               "UPLOAD_SERVERS": f"bench/disk=https://localhost:{self.server_port}",
+               "UPLOADPROXY_DATA_PATH": data_path}
         process = subprocess.Popen([sys.executable, "-m", "uploadproxy.proxy"], cwd=ROOT, env=env,
                                    stderr=open(self.work / "proxy.log", "ab"))
         wait_listening(port)
@@ -202,8 +205,10 @@ def run(work: Path, size: int, args: argparse.Namespace) -> None:
     bench = Bench(work, Pki(work / "pki"))
     token = tokens.issue(bench.pki.key, "bench", "disk", lifetime=24 * 3600)
     sink, sink_port = bench.start_sink()
-    proxy, proxy_port = bench.start_proxy()
+    proxy, proxy_port = bench.start_proxy("nginx")
+    python_proxy, python_port = bench.start_proxy("python")
     sink_times, upload_times, committed_times, server_rss, client_times = [], [], [], [], []
+    python_times: list[float] = []
     hops: dict[str, list[float]] = {"curl -T -> upload server (no proxy)": [], "curl -T -> nginx relay -> upload server": []}
     try:
         for attempt in range(args.repeat):
@@ -220,6 +225,7 @@ def run(work: Path, size: int, args: argparse.Namespace) -> None:
             if args.verify and attempt == 0:
                 assert sha256(work / "volume" / "disk.img", size) == sha256(source, size), "volume differs"
                 print("verified: the volume holds the file", flush=True)
+            python_times.append(time_upload(bench, work, python_port, token, source))
             if args.client:
                 client_times.append(time_client(bench, work, proxy_port, token, source))
             if args.hops:
@@ -227,12 +233,26 @@ def run(work: Path, size: int, args: argparse.Namespace) -> None:
     finally:
         sink.terminate()
         sink.wait(10)
+        python_proxy.terminate()
+        wait_rss(python_proxy)
         proxy.terminate()
         _, proxy_rss = wait_rss(proxy)
     report(size, sink_times, upload_times, committed_times, client_times, proxy_rss, max(server_rss, default=0))
+    mbs = size / statistics.median(python_times) / 1e6
+    print(f"{'curl -T -> proxy (python data path) -> server':44} {mbs:8.0f}   vs sink "
+          f"{mbs / (size / statistics.median(sink_times) / 1e6):.2f}", flush=True)
     for name, times in hops.items():
         mbs = size / statistics.median(times) / 1e6
         print(f"{name:44} {mbs:8.0f}   vs sink {mbs / (size / statistics.median(sink_times) / 1e6):.2f}", flush=True)
+
+
+def time_upload(bench: Bench, work: Path, proxy_port: int, token: str, source: Path) -> float:
+    drop(work / "volume")
+    server = bench.start_server(work / "volume")
+    elapsed = curl(f"https://127.0.0.1:{proxy_port}/v1beta1/upload-async", source, bench.pki.ca,
+                   f"Authorization: Bearer {token}")
+    wait_rss(server)
+    return elapsed
 
 
 def time_client(bench: Bench, work: Path, proxy_port: int, token: str, source: Path) -> float:
@@ -274,7 +294,7 @@ def report(size: int, sink: list[float], upload: list[float], committed: list[fl
 
     print(f"{'path':44} {'MB/s':>8}")
     print(f"{'curl -T -> TLS sink (aiohttp, discard)':44} {mbs(sink):8.0f}")
-    print(f"{'curl -T -> proxy -> upload server (async)':44} {mbs(upload):8.0f}")
+    print(f"{'curl -T -> proxy (nginx data path) -> server':44} {mbs(upload):8.0f}")
     print(f"{'  ... until committed (fsync, exit)':44} {mbs(committed):8.0f}")
     if client:
         print(f"{'uploadproxy.client (resumable) -> proxy':44} {mbs(client):8.0f}")

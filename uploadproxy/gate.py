@@ -31,8 +31,8 @@ from yarl import URL
 
 from . import cors
 from .paths import CONTENT_TYPE_HEADER
-from .proxy import Refused, Relay, UploadProxy, text_response
-from .relay import REACH_PATIENCE
+from .proxy import Refused, UploadProxy, text_response
+from .relay import REACH_PATIENCE, Relay
 
 log = logging.getLogger(__name__)
 
@@ -55,21 +55,30 @@ def add_route(app: web.Application, proxy: UploadProxy, patience: float = REACH_
 async def answer(proxy: UploadProxy, headers: Mapping[str, str], patience: float) -> web.Response:
     method = headers.get(METHOD_HEADER, "GET").upper()
     path = URL(headers.get(URI_HEADER, "/")).path
-    decision = cors.preflight(headers) if cors.is_preflight(method, headers) else \
-        await proxy.decide(method, path, headers)
+    if cors.is_preflight(method, headers):
+        preflight = cors.preflight(headers)
+        return with_cors(own_answer(preflight), preflight)
+    decision = await proxy.decide(method, path, headers)
     if isinstance(decision, Relay):
         try:
             response = await relay_answer(decision, patience)
         except Refused as refused:
             decision = text_response(refused.status, str(refused))
-    if isinstance(decision, web.Response):
-        response = web.Response(status=403, headers={"X-Cdi-Status": str(decision.status),
-                                                     "X-Cdi-Body": header_safe(decision.text or "")})
-        source: web.StreamResponse = decision
-    else:
-        source = response
-    if not cors.is_preflight(method, headers):
-        cors.decorate_for(method, headers, source)
+        else:
+            cors.decorate_for(method, headers, response)
+            return with_cors(response, response)
+    cors.decorate_for(method, headers, decision)
+    return with_cors(own_answer(decision), decision)
+
+
+def own_answer(decision: web.Response) -> web.Response:
+    """``403``: nginx answers with the status and text given here, never reading the body."""
+    return web.Response(status=403, headers={"X-Cdi-Status": str(decision.status),
+                                             "X-Cdi-Body": header_safe(decision.text or "")})
+
+
+def with_cors(response: web.Response, source: web.StreamResponse) -> web.Response:
+    """``response`` carrying ``source``'s CORS headers as ``X-Cdi-<name>`` for nginx to add."""
     for name in CORS_HEADERS:
         if name in source.headers:
             response.headers[f"X-Cdi-{name}"] = ", ".join(source.headers.getall(name))

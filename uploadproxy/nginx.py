@@ -10,7 +10,8 @@ answer itself, or stream the body, unbuffered, to the upload server it names ove
 
 nginx runs unprivileged as our child with everything it writes in one directory, logs to our
 stderr, and is watched: when it exits, :func:`supervise` raises, and the proxy exits so the
-kubelet restarts the pod. It is started with ``PR_SET_PDEATHSIG`` so it dies with us.
+kubelet restarts the pod. It runs in its own process group, which is killed when it stops (its
+workers outlive a master killed outright), and with ``PR_SET_PDEATHSIG`` so it dies with us.
 """
 
 from __future__ import annotations
@@ -176,7 +177,7 @@ class Nginx:
         conf = self.write_config()
         self.process = await asyncio.create_subprocess_exec(
             self.binary, "-e", "stderr", "-p", str(self.directory), "-c", str(conf),
-            stdin=asyncio.subprocess.DEVNULL, preexec_fn=_die_with_parent)
+            stdin=asyncio.subprocess.DEVNULL, preexec_fn=_die_with_parent, start_new_session=True)
         log.info("nginx (pid %d) relays uploads on %s:%d; decisions on 127.0.0.1:%d",
                  self.process.pid, self.settings.address, self.settings.port, self.gate_port)
 
@@ -187,13 +188,20 @@ class Nginx:
         raise NginxExited(f"nginx exited with status {status}")
 
     async def stop(self) -> None:
-        if self.process is not None and self.process.returncode is None:
+        """Stop nginx, and its workers with it: a master killed outright leaves them serving."""
+        if self.process is None:
+            return
+        if self.process.returncode is None:
             self.process.terminate()
             try:
                 await asyncio.wait_for(self.process.wait(), 10)
             except asyncio.TimeoutError:
-                self.process.kill()
-                await self.process.wait()
+                pass
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        await self.process.wait()
 
 
 async def serve(proxy: UploadProxy, settings: ProxySettings) -> None:

@@ -25,7 +25,6 @@ import re
 import signal
 import ssl
 import sys
-from dataclasses import dataclass
 from typing import Callable, Mapping
 
 import aiohttp
@@ -35,7 +34,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from . import eventloop, tokens
 from .cors import cors_middleware
 from .paths import ASYNC, CONTENT_TYPE_HEADER, HEALTHZ, ID_HEADER, PROXY_PATHS, RESUMABLE, ROUTES, archive_path
-from .relay import relay_when_reachable
+from .relay import Relay, relay_when_reachable
 from .resolver import NotReady, Ready, Resolver, StaticResolver
 from .settings import ProxySettings
 from .tls import client_context, server_context
@@ -86,17 +85,6 @@ def upstream_path(path: str, pvc: str, ready: Ready) -> tuple[str, dict[str, str
             raise Refused(400, f"PVC {pvc} takes an archive: upload it as the body, not as a form")
         return archive_path(path), {}
     return path, {}
-
-
-@dataclass(frozen=True)
-class Relay:
-    """An accepted upload: where it goes (the server's base URL and path), the headers the proxy
-    adds, and the name the server's certificate must carry when ``url`` names an address."""
-
-    url: str
-    path: str
-    headers: dict[str, str]
-    server_name: str | None = None
 
 
 def is_probe(method: str, path: str, headers: Mapping[str, str]) -> bool:

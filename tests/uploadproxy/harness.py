@@ -139,8 +139,13 @@ class ProxyHandle:
     nginx_port: int = 0
 
     @property
+    def port(self) -> int:
+        """Where clients connect (nginx's port, or the Python proxy's)."""
+        return self.nginx_port or self.proxy.port
+
+    @property
     def url(self) -> str:
-        return f"https://127.0.0.1:{self.nginx_port or self.proxy.port}"
+        return f"https://127.0.0.1:{self.port}"
 
     def route(self, pvc: str, target: Ready | NotReady) -> None:
         """nginx checks the names of upload servers only, so it is given the name the test
