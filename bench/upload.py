@@ -114,6 +114,8 @@ class Bench:
     def __init__(self, work: Path, pki: Pki) -> None:
         self.work, self.pki = work, pki
         self.server_port = free_port()
+        self.children: list[subprocess.Popen[bytes]] = []
+        """Every upload server started, killed at the end if a failed run left one waiting."""
 
     def start_proxy(self, data_path: str) -> tuple[subprocess.Popen[bytes], int]:
         port = free_port()
@@ -137,6 +139,7 @@ class Bench:
                "TERMINATION_MESSAGE_PATH": str(self.work / "termination-log")}
         process = subprocess.Popen([sys.executable, "-m", "uploadproxy.server"], cwd=ROOT, env=env,
                                    stderr=open(self.work / "server.log", "ab"))
+        self.children.append(process)
         wait_listening(self.server_port)
         return process
 
@@ -231,6 +234,9 @@ def run(work: Path, size: int, args: argparse.Namespace) -> None:
             if args.hops:
                 time_hops(bench, work, source, hops)
     finally:
+        for child in bench.children:
+            if child.returncode is None and child.poll() is None:
+                child.kill()
         sink.terminate()
         sink.wait(10)
         python_proxy.terminate()
