@@ -12,9 +12,11 @@ file over TLS on loopback:
           process about each request with ``auth_request``) and ``python`` (the process relays).
 
 The upload uses the async path, answered once every byte was received and written (the fsync
-of the commit follows; its time is printed separately as "committed"). Prints MB/s, the ratio
-(upload through the nginx data path / sink; the goal is >= 0.8) and the peak RSS of the proxy and the server processes (from
-``wait4``). Machines are noisy: compare the ratio of one run, not absolute numbers.
+of the commit follows; its time is printed separately as "committed"). Prints, per path, MB/s,
+the ratio to the sink (the goal: >= 0.8 through the nginx data path) and the CPU seconds per GiB
+of each process (curl; the relay: proxy process with its nginx, or the bare nginx; the server or
+sink), which show where the time goes on a host whose cores they share, and the proxy's peak RSS.
+Machines are noisy: compare the rows of one run, not absolute numbers.
 
 ``--hops`` adds, per hop, the same upload without our proxy (curl with the proxy's client
 certificate straight to the upload server: the server hop alone) and through nginx as the
