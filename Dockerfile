@@ -1,6 +1,6 @@
 # cdi-py's images: one Dockerfile, one target per image, sharing every layer they can.
 #
-#   docker build --target controller   -t REGISTRY/cdi-py/controller:TAG .    # controller, cdi-apiserver, upload proxy
+#   docker build --target controller   -t REGISTRY/cdi-py/controller:TAG .    # controller, cdi-apiserver, upload proxy (+nginx)
 #   docker build --target importer     -t REGISTRY/cdi-py/importer:TAG .      # importer pods (python -m importer)
 #   docker build --target uploadserver -t REGISTRY/cdi-py/uploadserver:TAG .  # upload server pods
 #
@@ -61,6 +61,11 @@ COPY cloner /opt/cdi-py/cloner
 RUN python3 -m compileall -q -j 0 --invalidation-mode unchecked-hash /opt/cdi-py
 
 FROM python AS controller
+# nginx: the upload proxy's data path (UPLOADPROXY_DATA_PATH=nginx, uploadproxy/nginx.py); it runs
+# as our child with its own config, so the package's default site and logs are never used
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends nginx \
+ && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /var/cache/apt/archives/*.deb /etc/nginx/sites-enabled/*
 COPY --from=venv /opt/venv /opt/venv
 COPY --from=app /opt/cdi-py /opt/cdi-py
 # numeric, so the kubelet can verify runAsNonRoot; deploy/ sets the same UID

@@ -7,12 +7,16 @@ file over TLS on loopback:
 
 - sink:   curl -> a tiny aiohttp HTTPS server that reads the body and throws it away;
 - upload: curl -> ``python -m uploadproxy.proxy`` (token check, mTLS) ->
-          ``python -m uploadproxy.server`` -> the import pipeline -> ``disk.img``.
+          ``python -m uploadproxy.server`` -> the import pipeline -> ``disk.img``,
+          with each data path: ``UPLOADPROXY_DATA_PATH=nginx`` (nginx relays, asking the proxy
+          process about each request with ``auth_request``) and ``python`` (the process relays).
 
 The upload uses the async path, answered once every byte was received and written (the fsync
-of the commit follows; its time is printed separately as "committed"). Prints MB/s, the ratio
-(upload / sink; the goal is >= 0.8) and the peak RSS of the proxy and the server processes (from
-``wait4``). Machines are noisy: compare the ratio of one run, not absolute numbers.
+of the commit follows; its time is printed separately as "committed"). Prints, per path, MB/s,
+the ratio to the sink (the goal: >= 0.8 through the nginx data path) and the CPU seconds per GiB
+of each process (curl; the relay: proxy process with its nginx, or the bare nginx; the server or
+sink), which show where the time goes on a host whose cores they share, and the proxy's peak RSS.
+Machines are noisy: compare the rows of one run, not absolute numbers.
 
 ``--hops`` adds, per hop, the same upload without our proxy (curl with the proxy's client
 certificate straight to the upload server: the server hop alone) and through nginx as the
@@ -27,6 +31,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -34,6 +39,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -88,15 +94,67 @@ def curl(url: str, file: Path, ca: Path, *headers: str, cert: tuple[Path, Path] 
 
 def wait_rss(process: subprocess.Popen[bytes], timeout: float = 600) -> tuple[int, float]:
     """Exit status and peak RSS (MiB) of a child, once it exited."""
+    status, rss, _ = wait_usage(process, timeout)
+    return status, rss
+
+
+def wait_usage(process: subprocess.Popen[bytes], timeout: float = 600) -> tuple[int, float, float]:
+    """Exit status, peak RSS (MiB) and CPU seconds (user + system, with its children) of a child."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         pid, status, usage = os.wait4(process.pid, os.WNOHANG)
         if pid:
             process.returncode = os.waitstatus_to_exitcode(status)
-            return process.returncode, usage.ru_maxrss / 1024
+            return process.returncode, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime
         time.sleep(0.05)
     process.kill()
     raise TimeoutError(f"process {process.args} did not exit")
+
+
+def tree_cpu(pid: int | None) -> float:
+    """CPU seconds so far of a running process and its descendants (nginx's workers)."""
+    if pid is None:
+        return 0.0
+    ticks = os.sysconf("SC_CLK_TCK")
+    parents: dict[int, int] = {}
+    cpu: dict[int, float] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        parents[int(stat.parent.name)] = int(fields[1])
+        cpu[int(stat.parent.name)] = (int(fields[11]) + int(fields[12])) / ticks
+    tree, grew = {pid}, True
+    while grew:
+        more = {child for child, parent in parents.items() if parent in tree} - tree
+        tree |= more
+        grew = bool(more)
+    return sum(cpu.get(p, 0.0) for p in tree)
+
+
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+CPU: dict[str, list[tuple[float, float, float]]] = {}
+"""Per path: CPU seconds of curl, of the relay (proxy process and its nginx, or the nginx
+reference), of the server (upload server, or the sink), one tuple per run."""
+
+
+def measured(name: str, upload: Callable[[], float], relay: int | None = None,
+             server: subprocess.Popen[bytes] | None = None, sink: int | None = None) -> float:
+    """``upload()``'s seconds; its CPU by process goes to :data:`CPU`. ``server`` is waited for."""
+    curl0, relay0, sink0 = children_cpu(), tree_cpu(relay), tree_cpu(sink)
+    elapsed = upload()
+    curl_cpu, relay_cpu = children_cpu() - curl0, tree_cpu(relay) - relay0
+    server_cpu = tree_cpu(sink) - sink0
+    if server is not None:
+        status, _, server_cpu = wait_usage(server)
+        assert status == 0, f"the upload server exited with {status}"
+    CPU.setdefault(name, []).append((curl_cpu, relay_cpu, server_cpu))
+    return elapsed
 
 
 def sha256(path: Path, length: int) -> str:
@@ -112,14 +170,17 @@ class Bench:
     def __init__(self, work: Path, pki: Pki) -> None:
         self.work, self.pki = work, pki
         self.server_port = free_port()
+        self.children: list[subprocess.Popen[bytes]] = []
+        """Every upload server started, killed at the end if a failed run left one waiting."""
 
-    def start_proxy(self) -> tuple[subprocess.Popen[bytes], int]:
+    def start_proxy(self, data_path: str) -> tuple[subprocess.Popen[bytes], int]:
         port = free_port()
         env = {**os.environ, "APISERVER_PUBLIC_KEY": tokens.public_key_pem(self.pki.key).decode(),
                "TLS_CERT_FILE": str(self.pki.proxy.cert), "TLS_KEY_FILE": str(self.pki.proxy.key),
                "CLIENT_CERT_FILE": str(self.pki.client.cert), "CLIENT_KEY_FILE": str(self.pki.client.key),
                "SERVER_CA_FILE": str(self.pki.ca), "UPLOADPROXY_ADDRESS": "127.0.0.1", "UPLOADPROXY_PORT": str(port),
-               "UPLOAD_SERVERS": f"bench/disk=https://127.0.0.1:{self.server_port}"}
+               "UPLOAD_SERVERS": f"bench/disk=https://localhost:{self.server_port}",
+               "UPLOADPROXY_DATA_PATH": data_path}
         process = subprocess.Popen([sys.executable, "-m", "uploadproxy.proxy"], cwd=ROOT, env=env,
                                    stderr=open(self.work / "proxy.log", "ab"))
         wait_listening(port)
@@ -134,6 +195,7 @@ class Bench:
                "TERMINATION_MESSAGE_PATH": str(self.work / "termination-log")}
         process = subprocess.Popen([sys.executable, "-m", "uploadproxy.server"], cwd=ROOT, env=env,
                                    stderr=open(self.work / "server.log", "ab"))
+        self.children.append(process)
         wait_listening(self.server_port)
         return process
 
@@ -195,6 +257,13 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
+SINK = "curl -T -> TLS sink (aiohttp, discard)"
+NGINX_PATH = "curl -T -> proxy (nginx data path) -> server"
+PYTHON_PATH = "curl -T -> proxy (python data path) -> server"
+DIRECT = "curl -T -> upload server (no proxy)"
+NGINX_RELAY = "curl -T -> nginx relay -> upload server"
+
+
 def run(work: Path, size: int, args: argparse.Namespace) -> None:
     print(f"generating a {size // MiB} MiB file in {work} ...", flush=True)
     source = work / "disk.raw"
@@ -202,37 +271,46 @@ def run(work: Path, size: int, args: argparse.Namespace) -> None:
     bench = Bench(work, Pki(work / "pki"))
     token = tokens.issue(bench.pki.key, "bench", "disk", lifetime=24 * 3600)
     sink, sink_port = bench.start_sink()
-    proxy, proxy_port = bench.start_proxy()
-    sink_times, upload_times, committed_times, server_rss, client_times = [], [], [], [], []
-    hops: dict[str, list[float]] = {"curl -T -> upload server (no proxy)": [], "curl -T -> nginx relay -> upload server": []}
+    proxy, proxy_port = bench.start_proxy("nginx")
+    python_proxy, python_port = bench.start_proxy("python")
+    times: dict[str, list[float]] = {}
+    committed_times, client_times = [], []
     try:
         for attempt in range(args.repeat):
-            drop(work / "volume")
-            sink_times.append(curl(f"https://127.0.0.1:{sink_port}/sink", source, bench.pki.ca))
-            server = bench.start_server(work / "volume")
+            times.setdefault(SINK, []).append(measured(SINK, lambda: curl(
+                f"https://127.0.0.1:{sink_port}/sink", source, bench.pki.ca), sink=sink.pid))
             started = time.perf_counter()
-            upload_times.append(curl(f"https://127.0.0.1:{proxy_port}/v1beta1/upload-async", source,
-                                     bench.pki.ca, f"Authorization: Bearer {token}"))
-            status, rss = wait_rss(server)
+            times.setdefault(NGINX_PATH, []).append(time_upload(bench, work, NGINX_PATH, proxy, proxy_port, token, source))
             committed_times.append(time.perf_counter() - started)
-            server_rss.append(rss)
-            assert status == 0, f"the upload server exited with {status}"
             if args.verify and attempt == 0:
                 assert sha256(work / "volume" / "disk.img", size) == sha256(source, size), "volume differs"
                 print("verified: the volume holds the file", flush=True)
+            times.setdefault(PYTHON_PATH, []).append(
+                time_upload(bench, work, PYTHON_PATH, python_proxy, python_port, token, source))
             if args.client:
                 client_times.append(time_client(bench, work, proxy_port, token, source))
             if args.hops:
-                time_hops(bench, work, source, hops)
+                time_hops(bench, work, source, times)
     finally:
+        for child in bench.children:
+            if child.returncode is None and child.poll() is None:
+                child.kill()
         sink.terminate()
         sink.wait(10)
+        python_proxy.terminate()
+        wait_rss(python_proxy)
         proxy.terminate()
         _, proxy_rss = wait_rss(proxy)
-    report(size, sink_times, upload_times, committed_times, client_times, proxy_rss, max(server_rss, default=0))
-    for name, times in hops.items():
-        mbs = size / statistics.median(times) / 1e6
-        print(f"{name:44} {mbs:8.0f}   vs sink {mbs / (size / statistics.median(sink_times) / 1e6):.2f}", flush=True)
+    report(size, times, committed_times, client_times)
+    print(f"peak RSS: proxy (nginx data path) {proxy_rss:.0f} MiB", flush=True)
+
+
+def time_upload(bench: Bench, work: Path, name: str, proxy: subprocess.Popen[bytes], proxy_port: int, token: str,
+                source: Path) -> float:
+    drop(work / "volume")
+    server = bench.start_server(work / "volume")
+    return measured(name, lambda: curl(f"https://127.0.0.1:{proxy_port}/v1beta1/upload-async", source, bench.pki.ca,
+                                       f"Authorization: Bearer {token}"), relay=proxy.pid, server=server)
 
 
 def time_client(bench: Bench, work: Path, proxy_port: int, token: str, source: Path) -> float:
@@ -247,39 +325,43 @@ def time_client(bench: Bench, work: Path, proxy_port: int, token: str, source: P
     return elapsed
 
 
-def time_hops(bench: Bench, work: Path, source: Path, hops: dict[str, list[float]]) -> None:
+def time_hops(bench: Bench, work: Path, source: Path, times: dict[str, list[float]]) -> None:
     """The server hop alone (curl presents the proxy's client certificate), then nginx as the
     proxy; each into a fresh volume, timed to the answer like the upload above."""
-    direct, relayed = hops
     drop(work / "volume")
     server = bench.start_server(work / "volume")
-    hops[direct].append(curl(f"https://127.0.0.1:{bench.server_port}/v1beta1/upload-async", source, bench.pki.ca,
-                             cert=(bench.pki.client.cert, bench.pki.client.key)))
-    wait_rss(server)
+    times.setdefault(DIRECT, []).append(measured(DIRECT, lambda: curl(
+        f"https://127.0.0.1:{bench.server_port}/v1beta1/upload-async", source, bench.pki.ca,
+        cert=(bench.pki.client.cert, bench.pki.client.key)), server=server))
     drop(work / "volume")
     server = bench.start_server(work / "volume")
     nginx, port = bench.start_nginx_relay()
     try:
-        hops[relayed].append(curl(f"https://127.0.0.1:{port}/v1beta1/upload-async", source, bench.pki.ca))
-        wait_rss(server)
+        times.setdefault(NGINX_RELAY, []).append(measured(NGINX_RELAY, lambda: curl(
+            f"https://127.0.0.1:{port}/v1beta1/upload-async", source, bench.pki.ca), relay=nginx.pid, server=server))
     finally:
         nginx.terminate()
         nginx.wait(10)
 
 
-def report(size: int, sink: list[float], upload: list[float], committed: list[float], client: list[float],
-           proxy_rss: float, server_rss: float) -> None:
-    def mbs(times: list[float]) -> float:
-        return size / statistics.median(times) / 1e6
+def report(size: int, times: dict[str, list[float]], committed: list[float], client: list[float]) -> None:
+    """MB/s (median run), the ratio to the sink, and CPU seconds per GiB by process (medians)."""
+    def mbs(runs: list[float]) -> float:
+        return size / statistics.median(runs) / 1e6
 
-    print(f"{'path':44} {'MB/s':>8}")
-    print(f"{'curl -T -> TLS sink (aiohttp, discard)':44} {mbs(sink):8.0f}")
-    print(f"{'curl -T -> proxy -> upload server (async)':44} {mbs(upload):8.0f}")
-    print(f"{'  ... until committed (fsync, exit)':44} {mbs(committed):8.0f}")
+    def per_gib(name: str, index: int) -> float:
+        return statistics.median(run[index] for run in CPU[name]) * (1 << 30) / size
+
+    sink = mbs(times[SINK])
+    print(f"{'path':46} {'MB/s':>6} {'x sink':>6}   CPU s/GiB: {'curl':>5} {'relay':>5} {'server':>6}")
+    for name, runs in times.items():
+        print(f"{name:46} {mbs(runs):6.0f} {mbs(runs) / sink:6.2f}              "
+              f"{per_gib(name, 0):5.2f} {per_gib(name, 1):5.2f} {per_gib(name, 2):6.2f}")
+    print(f"{'  nginx data path until committed (fsync, exit)':46} {mbs(committed):6.0f}")
     if client:
-        print(f"{'uploadproxy.client (resumable) -> proxy':44} {mbs(client):8.0f}")
-    print(f"ratio upload/sink: {mbs(upload) / mbs(sink):.2f} (goal >= 0.8)")
-    print(f"peak RSS: proxy {proxy_rss:.0f} MiB, upload server {server_rss:.0f} MiB", flush=True)
+        print(f"{'uploadproxy.client (resumable) -> nginx path':46} {mbs(client):6.0f}")
+    print(f"ratio nginx data path/sink: {mbs(times[NGINX_PATH]) / sink:.2f} (goal >= 0.8); "
+          f"to the server alone: {mbs(times[NGINX_PATH]) / mbs(times.get(DIRECT, times[NGINX_PATH])):.2f}", flush=True)
 
 
 if __name__ == "__main__":

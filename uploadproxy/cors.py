@@ -10,7 +10,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Mapping
 
 from aiohttp import web
 
@@ -20,25 +20,34 @@ METHODS = ("HEAD", "GET", "POST", "PUT", "PATCH", "DELETE")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def preflight(request: web.Request) -> web.Response:
+def is_preflight(method: str, headers: Mapping[str, str]) -> bool:
+    return method == "OPTIONS" and "Access-Control-Request-Method" in headers
+
+
+def preflight(headers: Mapping[str, str]) -> web.Response:
     response = web.Response(status=204)
     for vary in ("Origin", "Access-Control-Request-Method", "Access-Control-Request-Headers"):
         response.headers.add("Vary", vary)
-    method = request.headers.get("Access-Control-Request-Method", "").upper()
-    if not request.headers.get("Origin") or method not in METHODS:
+    method = headers.get("Access-Control-Request-Method", "").upper()
+    if not headers.get("Origin") or method not in METHODS:
         return response
     response.headers["Access-Control-Allow-Origin"] = "*"
     response.headers["Access-Control-Allow-Methods"] = method
-    requested = request.headers.get("Access-Control-Request-Headers", "")
-    headers = [h.strip() for h in requested.split(",") if h.strip()]
-    if headers:
-        response.headers["Access-Control-Allow-Headers"] = ", ".join(headers)
+    requested = headers.get("Access-Control-Request-Headers", "")
+    allowed = [h.strip() for h in requested.split(",") if h.strip()]
+    if allowed:
+        response.headers["Access-Control-Allow-Headers"] = ", ".join(allowed)
     return response
 
 
 def decorate(request: web.Request, response: web.StreamResponse) -> None:
+    decorate_for(request.method, request.headers, response)
+
+
+def decorate_for(method: str, headers: Mapping[str, str], response: web.StreamResponse) -> None:
+    """:func:`decorate` from the request's method and headers alone."""
     response.headers.add("Vary", "Origin")
-    if request.headers.get("Origin") and request.method.upper() in METHODS:
+    if headers.get("Origin") and method.upper() in METHODS:
         response.headers["Access-Control-Allow-Origin"] = "*"
         response.headers["Access-Control-Expose-Headers"] = ", ".join(EXPOSED_HEADERS)
 
@@ -46,8 +55,8 @@ def decorate(request: web.Request, response: web.StreamResponse) -> None:
 def cors_middleware() -> Any:
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
-            return preflight(request)
+        if is_preflight(request.method, request.headers):
+            return preflight(request.headers)
         response = await handler(request)  # a streamed answer calls decorate() itself
         if not response.prepared:
             decorate(request, response)

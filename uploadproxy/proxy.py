@@ -22,8 +22,10 @@ import asyncio
 import html
 import logging
 import re
+import signal
 import ssl
 import sys
+from typing import Callable, Mapping
 
 import aiohttp
 from aiohttp import web
@@ -32,7 +34,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from . import eventloop, tokens
 from .cors import cors_middleware
 from .paths import ASYNC, CONTENT_TYPE_HEADER, HEALTHZ, ID_HEADER, PROXY_PATHS, RESUMABLE, ROUTES, archive_path
-from .relay import relay_when_reachable
+from .relay import Relay, relay_when_reachable
 from .resolver import NotReady, Ready, Resolver, StaticResolver
 from .settings import ProxySettings
 from .tls import client_context, server_context
@@ -53,9 +55,9 @@ def text_response(status: int, message: str) -> web.Response:
     return web.Response(status=status, text=html.escape(message), content_type="text/plain")
 
 
-def token_target(request: web.Request, public_key: rsa.RSAPublicKey) -> tuple[str, str]:
+def token_target(headers: Mapping[str, str], public_key: rsa.RSAPublicKey) -> tuple[str, str]:
     """``(namespace, pvc)`` from the bearer token, or Refused with CDI's status."""
-    header = request.headers.get("Authorization", "")
+    header = headers.get("Authorization", "")
     if not header:
         raise Refused(400, "missing Authorization header with an upload token")
     match = BEARER.match(header.strip())
@@ -85,6 +87,13 @@ def upstream_path(path: str, pvc: str, ready: Ready) -> tuple[str, dict[str, str
     return path, {}
 
 
+def is_probe(method: str, path: str, headers: Mapping[str, str]) -> bool:
+    """virtctl's capability probe (``HEAD`` on the async paths, or the resumable path without
+    ``Upload-Id``): answered 200 without a token."""
+    return method == "HEAD" and (path in (ASYNC, ASYNC.replace("v1beta1", "v1alpha1"))
+                                 or (path == RESUMABLE and ID_HEADER not in headers))
+
+
 class UploadProxy:
     def __init__(self, public_key: rsa.RSAPublicKey, resolver: Resolver, upstream_tls: ssl.SSLContext) -> None:
         self.public_key = public_key
@@ -93,12 +102,16 @@ class UploadProxy:
         self.session: aiohttp.ClientSession | None = None
         self.port = 0
         self._runner: web.AppRunner | None = None
+        self.extensions: list[Callable[[web.Application], None]] = []
+        """More routes for :meth:`make_app` (the nginx data path's gate)."""
 
     def make_app(self) -> web.Application:
         app = web.Application(middlewares=[cors_middleware()], client_max_size=1 << 62)
         app.router.add_get(HEALTHZ, _healthz)
         for path in (*PROXY_PATHS, RESUMABLE):
             app.router.add_route("*", path, self.handle)
+        for extend in self.extensions:
+            extend(app)
         app.on_startup.append(self._open)
         app.on_cleanup.append(self._close)
         return app
@@ -112,24 +125,33 @@ class UploadProxy:
         if self.session is not None:
             await self.session.close()
 
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        if request.method == "HEAD" and (request.path in (ASYNC, ASYNC.replace("v1beta1", "v1alpha1"))
-                                         or (request.path == RESUMABLE and ID_HEADER not in request.headers)):
+    async def decide(self, method: str, path: str, headers: Mapping[str, str]) -> Relay | web.Response:
+        """Every decision about an upload request, from its method, path and headers alone: the
+        answer the proxy gives itself, or where the body goes. The nginx data path asks this too
+        (:mod:`uploadproxy.gate`)."""
+        if is_probe(method, path, headers):
             return web.Response(status=200)
         try:
-            namespace, pvc = token_target(request, self.public_key)
+            namespace, pvc = token_target(headers, self.public_key)
             found = await self.resolver.resolve(namespace, pvc)
             if isinstance(found, NotReady):
                 raise Refused(503, found.reason)
-            path, extra = upstream_path(request.path, pvc, found)
+            upstream, extra = upstream_path(path, pvc, found)
         except Refused as refused:
-            log.info("refused %s %s: %s", request.method, request.path, refused)
+            log.info("refused %s %s: %s", method, path, refused)
             return text_response(refused.status, str(refused))
+        return Relay(found.url, upstream, extra, found.server_name)
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        decision = await self.decide(request.method, request.path, request.headers)
+        if isinstance(decision, web.Response):
+            return decision
         assert self.session is not None
         try:
-            return await relay_when_reachable(request, self.session, found.url + path, extra, found.server_name)
+            return await relay_when_reachable(request, self.session, decision.url + decision.path,
+                                              decision.headers, decision.server_name)
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as error:
-            log.error("proxying to %s failed: %s", found.url, error)
+            log.error("proxying to %s failed: %s", decision.url, error)
             return text_response(500, f"error proxying the upload: {error}")
 
     async def start(self, address: str, port: int, tls: ssl.SSLContext | None) -> int:
@@ -174,13 +196,27 @@ def from_settings(settings: ProxySettings) -> UploadProxy:
 
 
 async def serve(settings: ProxySettings) -> None:
+    """Until cancelled (SIGTERM) or, with nginx as the data path, until nginx exits."""
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, _cancel, asyncio.current_task())
     proxy = from_settings(settings)
+    if settings.data_path == "nginx":
+        from . import nginx
+
+        log.info("data path: nginx relays upload bodies; this process decides")
+        await nginx.serve(proxy, settings)
+        return
+    log.info("data path: python (this process relays upload bodies)")
     tls = server_context(settings.tls_cert, settings.tls_key) if settings.tls_cert and settings.tls_key else None
     await proxy.start(settings.address, settings.port, tls)
     try:
         await asyncio.Event().wait()
     finally:
         await proxy.stop()
+
+
+def _cancel(task: asyncio.Task[None] | None) -> None:
+    if task is not None:
+        task.cancel()
 
 
 def main() -> int:
@@ -192,8 +228,11 @@ def main() -> int:
         return 1
     try:
         eventloop.run(serve(settings))
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, asyncio.CancelledError):
         pass
+    except Exception as error:  # nginx missing or gone: exit, so the kubelet restarts the pod
+        log.error("upload proxy stopped: %s", error)
+        return 1
     return 0
 
 

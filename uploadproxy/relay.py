@@ -11,8 +11,8 @@ still sending) is relayed at once; aiohttp then drains what the client still sen
 from __future__ import annotations
 
 import asyncio
-
 import logging
+from dataclasses import dataclass
 from typing import Mapping
 
 import aiohttp
@@ -28,6 +28,19 @@ REQUEST_HEADERS = ("Content-Type", "Content-Length", CHECKSUM_HEADER, LENGTH_HEA
 RESPONSE_HEADERS = ("Content-Type", "Cache-Control", "Retry-After", *EXPOSED_HEADERS)
 TIMEOUT = aiohttp.ClientTimeout(total=24 * 3600, sock_connect=10)
 """CDI's proxy gives an upload 24 hours."""
+
+
+@dataclass(frozen=True)
+class Relay:
+    """An accepted upload: where it goes (the server's base URL and path), the headers the proxy
+    adds, and the name the server's certificate must carry when ``url`` names an address. (Here,
+    not in :mod:`uploadproxy.proxy`: that module also runs as ``__main__``, which would make a
+    second class of the same name.)"""
+
+    url: str
+    path: str
+    headers: dict[str, str]
+    server_name: str | None = None
 
 
 def upstream_headers(request: web.Request, extra: Mapping[str, str]) -> dict[str, str]:

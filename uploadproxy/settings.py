@@ -137,7 +137,11 @@ class ProxySettings:
     :class:`~uploadproxy.resolver.StaticResolver`, ``ns/pvc=https://host:port[#archive]``);
     without it the cluster is asked (:class:`~uploadproxy.kuberesolver.KubeResolver`) through
     ``KUBECONFIG`` or the in-cluster config, dialling Services (``UPLOADPROXY_UPSTREAM=dns``) or
-    their endpoints (``endpoints``, for a proxy outside the cluster network)."""
+    their endpoints (``endpoints``, for a proxy outside the cluster network).
+    ``UPLOADPROXY_DATA_PATH``: ``python`` (the default: this process relays the bodies) or
+    ``nginx`` (nginx relays them and asks this process about each request, :mod:`uploadproxy.nginx`),
+    with ``UPLOADPROXY_NGINX`` (the binary, ``nginx``) and ``UPLOADPROXY_NGINX_DIR`` (a writable
+    directory for its config, pid and temp files; a new one under ``$TMPDIR`` if unset)."""
 
     public_key_pem: bytes
     tls_cert: Path | None = None
@@ -150,6 +154,9 @@ class ProxySettings:
     upload_servers: str = ""
     kubeconfig: Path | None = None
     upstream: str = "dns"
+    data_path: str = "python"
+    nginx: str = "nginx"
+    nginx_dir: Path | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "ProxySettings":
@@ -169,4 +176,16 @@ class ProxySettings:
             upload_servers=env.get("UPLOAD_SERVERS", ""),
             kubeconfig=_path(env.get("KUBECONFIG")),
             upstream=env.get("UPLOADPROXY_UPSTREAM", "dns"),
+            data_path=_choice(env.get("UPLOADPROXY_DATA_PATH") or "python", "UPLOADPROXY_DATA_PATH", DATA_PATHS),
+            nginx=env.get("UPLOADPROXY_NGINX") or "nginx",
+            nginx_dir=_path(env.get("UPLOADPROXY_NGINX_DIR")),
         )
+
+
+DATA_PATHS = ("python", "nginx")
+
+
+def _choice(value: str, name: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}, not {value!r}")
+    return value

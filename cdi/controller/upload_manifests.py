@@ -29,6 +29,9 @@ LABELS = {"app.kubernetes.io/name": NAME, "app.kubernetes.io/part-of": "cdi-py",
           "app.kubernetes.io/component": "uploadproxy"}
 UPLOADSERVER_IMAGE = "quay.io/cdi-py/cdi-py-uploadserver:latest"
 
+NGINX_DIR = "/var/run/cdi/nginx"
+"""Writable (an emptyDir; the root filesystem is read-only): nginx's config, pid and temp files."""
+
 SERVER_CERT = "cdi-uploadproxy-server-cert"
 CLIENT_CERT = "cdi-uploadserver-client-cert"
 SERVER_SIGNER = "cdi-uploadserver-signer"
@@ -72,6 +75,8 @@ def deployment() -> Manifest:
         "TLS_CERT_FILE": "/var/run/cdi/server/tls.crt", "TLS_KEY_FILE": "/var/run/cdi/server/tls.key",
         "CLIENT_CERT_FILE": "/var/run/cdi/client/tls.crt", "CLIENT_KEY_FILE": "/var/run/cdi/client/tls.key",
         "SERVER_CA_FILE": "/var/run/cdi/server-ca/tls.crt", "UPLOADPROXY_PORT": str(PORT),
+        # nginx relays the bodies (the image has it), asking the proxy process about each request
+        "UPLOADPROXY_DATA_PATH": "nginx", "UPLOADPROXY_NGINX_DIR": NGINX_DIR,
     }
     container = {
         "name": "uploadproxy", "image": "quay.io/cdi-py/cdi-py-controller:latest", "imagePullPolicy": "IfNotPresent",
@@ -83,12 +88,14 @@ def deployment() -> Manifest:
         "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
                             "readOnlyRootFilesystem": True, "runAsNonRoot": True, "runAsUser": RUN_AS_USER,
                             "runAsGroup": RUN_AS_USER, "seccompProfile": {"type": "RuntimeDefault"}},
-        "volumeMounts": [{"name": n, "mountPath": f"/var/run/cdi/{n}", "readOnly": True}
-                         for n in ("server", "client", "server-ca", "token-key")],
+        "volumeMounts": [*({"name": n, "mountPath": f"/var/run/cdi/{n}", "readOnly": True}
+                           for n in ("server", "client", "server-ca", "token-key")),
+                         {"name": "nginx", "mountPath": NGINX_DIR}],
     }
     volumes = [_secret_volume("server", SERVER_CERT), _secret_volume("client", CLIENT_CERT),
                _secret_volume("server-ca", SERVER_SIGNER, "tls.crt"),
-               _secret_volume("token-key", SIGNING_KEY, "id_rsa.pub")]
+               _secret_volume("token-key", SIGNING_KEY, "id_rsa.pub"),
+               {"name": "nginx", "emptyDir": {"sizeLimit": "64Mi"}}]
     selector = {"app.kubernetes.io/name": NAME}
     return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": _meta(NAME),
             "spec": {"replicas": 1, "selector": {"matchLabels": selector},

@@ -46,11 +46,12 @@ def upload_server(loop_thread: LoopThread, pki: Pki, tmp_path: Path) -> Iterator
         loop_thread.run(handle.server.stop())
 
 
-@pytest.fixture
-def proxy(loop_thread: LoopThread, pki: Pki) -> Iterator[ProxyHandle]:
-    handle = start_proxy(loop_thread, pki)
+@pytest.fixture(params=["python", "nginx"])
+def proxy(request: pytest.FixtureRequest, loop_thread: LoopThread, pki: Pki, tmp_path: Path) -> Iterator[ProxyHandle]:
+    """The proxy with either data path: this process relaying, or nginx (uploadproxy.nginx)."""
+    handle = start_proxy(loop_thread, pki, data_path=request.param, directory=tmp_path / "nginx")
     yield handle
-    loop_thread.run(handle.proxy.stop())
+    handle.stop(loop_thread)
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ event loop in a background thread (:class:`LoopThread`) so tests can use blockin
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import socket
 import ssl
@@ -24,10 +25,12 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from tests.servers.images import sha256_file
 from tests.servers.pki import CertPair, TestCA, make_ca
+from tests.servers.ports import free_port, wait_listening
+from uploadproxy import nginx
 from uploadproxy.proxy import UploadProxy
 from uploadproxy.resolver import NotReady, Ready, StaticResolver
 from uploadproxy.server import UploadServer
-from uploadproxy.settings import PROXY_CLIENT_NAME, ServerSettings
+from uploadproxy.settings import PROXY_CLIENT_NAME, ProxySettings, ServerSettings
 from uploadproxy.tls import client_context, server_context
 
 T = TypeVar("T")
@@ -131,23 +134,69 @@ class ProxyHandle:
     proxy: UploadProxy
     resolver: StaticResolver
     tokens: dict[str, str] = field(default_factory=dict)
+    nginx: "asyncio.Task[None] | None" = None
+    """With nginx as the data path: the task running :func:`uploadproxy.nginx.serve`."""
+    nginx_port: int = 0
+
+    @property
+    def port(self) -> int:
+        """Where clients connect (nginx's port, or the Python proxy's)."""
+        return self.nginx_port or self.proxy.port
 
     @property
     def url(self) -> str:
-        return f"https://127.0.0.1:{self.proxy.port}"
+        return f"https://127.0.0.1:{self.port}"
 
     def route(self, pvc: str, target: Ready | NotReady) -> None:
+        """nginx checks the names of upload servers only, so it is given the name the test
+        certificates carry for 127.0.0.1."""
+        if self.nginx is not None and isinstance(target, Ready) and "//127.0.0.1:" in target.url:
+            target = dataclasses.replace(target, url=target.url.replace("//127.0.0.1:", "//localhost:"))
         self.resolver.table[(NAMESPACE, pvc)] = target
 
+    def stop(self, loop: LoopThread) -> None:
+        if self.nginx is None:
+            loop.run(self.proxy.stop())
+            return
+        loop.loop.call_soon_threadsafe(self.nginx.cancel)
+        loop.run(asyncio.wait([self.nginx]))
 
-def start_proxy(loop: LoopThread, pki: Pki, client: CertPair | None = None) -> ProxyHandle:
+
+def start_proxy(loop: LoopThread, pki: Pki, client: CertPair | None = None, data_path: str = "python",
+                directory: Path | None = None) -> ProxyHandle:
+    """The proxy in this process; with ``data_path="nginx"``, nginx relays (state in ``directory``)."""
     client = pki.proxy_client if client is None else client
     resolver = StaticResolver()
     upstream = client_context(pki.server_ca.cert, client.cert, client.key)
     proxy = UploadProxy(rsa_public(pki.token_key), resolver, upstream)
+    if data_path == "nginx":
+        return start_nginx_proxy(loop, pki, proxy, client, directory)
     tls = server_context(pki.proxy_cert.cert, pki.proxy_cert.key)
     loop.run(proxy.start("127.0.0.1", 0, tls))
     return ProxyHandle(proxy, resolver)
+
+
+def proxy_settings(pki: Pki, client: CertPair, port: int, directory: Path | None) -> ProxySettings:
+    return ProxySettings(
+        public_key_pem=b"", tls_cert=pki.proxy_cert.cert, tls_key=pki.proxy_cert.key, client_cert=client.cert,
+        client_key=client.key, server_ca=pki.server_ca.cert, address="127.0.0.1", port=port,
+        data_path="nginx", nginx_dir=directory)
+
+
+def start_nginx_proxy(loop: LoopThread, pki: Pki, proxy: UploadProxy, client: CertPair,
+                      directory: Path | None) -> ProxyHandle:
+    port = free_port()
+
+    async def start() -> asyncio.Task[None]:
+        return asyncio.create_task(nginx.serve(proxy, proxy_settings(pki, client, port, directory)))
+
+    task = loop.run(start())
+    try:
+        wait_listening(port)
+    except TimeoutError:
+        raise RuntimeError(f"nginx did not start: {task}") from None
+    assert isinstance(proxy.resolver, StaticResolver)
+    return ProxyHandle(proxy, proxy.resolver, nginx=task, nginx_port=port)
 
 
 def rsa_public(key: rsa.RSAPrivateKey) -> rsa.RSAPublicKey:

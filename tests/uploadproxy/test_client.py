@@ -40,7 +40,7 @@ def cutter(proxy: ProxyHandle) -> Iterator[Callable[..., UploadCutter]]:
     made: list[UploadCutter] = []
 
     def make(at: int, stall: float = 0.0, on_cut: Callable[[], None] | None = None) -> UploadCutter:
-        made.append(UploadCutter(proxy.proxy.port, at, stall, on_cut))
+        made.append(UploadCutter(proxy.port, at, stall, on_cut))
         return made[-1]
 
     yield make

@@ -3,7 +3,8 @@
 
 Behaviours under test:
 - the server reads CDI's upload pod environment (TLS files, client CA and name, destination,
-  size with filesystem overhead); an upload through the proxy process (curl, bearer token)
+  size with filesystem overhead); an upload through the proxy process (curl, bearer token;
+  with the proxy relaying and with nginx relaying)
   lands in the volume, resized to the usable size, and the server exits 0 with the
   termination message "Upload Complete";
 - a server whose DEADLINE has passed while idle exits 0 with "Deadline Passed" and
@@ -42,15 +43,16 @@ def server_env(pki: Pki, volume: Path, port: int, **extra: str) -> dict[str, str
             "TERMINATION_MESSAGE_PATH": str(volume.parent / "termination-log"), **extra}
 
 
-@pytest.fixture
-def proxy_process(pki: Pki, tmp_path: Path) -> Iterator[tuple[int, int]]:
-    """A proxy process routing default/disk to an upload server port chosen here."""
+@pytest.fixture(params=["python", "nginx"])
+def proxy_process(request: pytest.FixtureRequest, pki: Pki, tmp_path: Path) -> Iterator[tuple[int, int]]:
+    """A proxy process (either data path) routing default/disk to an upload server port chosen here."""
     server_port, proxy_port = free_port(), free_port()
     env = {**os.environ, "APISERVER_PUBLIC_KEY": tokens.public_key_pem(pki.token_key).decode(),
            "TLS_CERT_FILE": str(pki.proxy_cert.cert), "TLS_KEY_FILE": str(pki.proxy_cert.key),
            "CLIENT_CERT_FILE": str(pki.proxy_client.cert), "CLIENT_KEY_FILE": str(pki.proxy_client.key),
            "SERVER_CA_FILE": str(pki.server_ca.cert), "UPLOADPROXY_ADDRESS": "127.0.0.1",
-           "UPLOADPROXY_PORT": str(proxy_port), "UPLOAD_SERVERS": f"default/disk=https://127.0.0.1:{server_port}"}
+           "UPLOADPROXY_PORT": str(proxy_port), "UPLOAD_SERVERS": f"default/disk=https://localhost:{server_port}",
+           "UPLOADPROXY_DATA_PATH": request.param, "UPLOADPROXY_NGINX_DIR": str(tmp_path / "nginx")}
     log = open(tmp_path / "proxy.log", "wb")
     process = subprocess.Popen([sys.executable, "-m", "uploadproxy.proxy"], cwd=ROOT, env=env,
                                stdout=log, stderr=subprocess.STDOUT)

@@ -139,16 +139,19 @@ def test_server_refusals_pass_through(proxy: ProxyHandle, upload_server: ServerF
     assert upload(pki, proxy, token("done"), images["disk.raw"].path)[0] == 409
 
 
+@pytest.mark.parametrize("data_path", ["python", "nginx"])
 def test_proxy_without_accepted_client_certificate(loop_thread: LoopThread, upload_server: ServerFactory, pki: Pki,
-                                                   images: dict[str, Image], token: Callable[[str], str]) -> None:
-    impostor = start_proxy(loop_thread, pki, client=pki.wrong_name_client)
+                                                   images: dict[str, Image], token: Callable[[str], str],
+                                                   data_path: str, tmp_path: Path) -> None:
+    impostor = start_proxy(loop_thread, pki, client=pki.wrong_name_client, data_path=data_path,
+                           directory=tmp_path / "nginx")
     try:
         server = upload_server()
         impostor.route("disk", Ready(server.url))
         status, _, _ = upload(pki, impostor, token("disk"), images["disk.raw"].path)
         assert status == 401 and server.leftovers() == []
     finally:
-        loop_thread.run(impostor.proxy.stop())
+        impostor.stop(loop_thread)
 
 
 def test_server_down_is_500(proxy: ProxyHandle, pki: Pki, images: dict[str, Image],
