@@ -78,10 +78,11 @@ FROM python AS worker
 RUN apt-get update \
  && apt-get install -y --no-install-recommends qemu-utils bubblewrap \
  && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /var/cache/apt/archives/*.deb \
- && mkdir -p /data /scratch && chown 107:107 /data /scratch
+ && mkdir -p /data && chown 107:107 /data
 COPY --from=venv /opt/venv /opt/venv
 COPY --from=app /opt/cdi-py /opt/cdi-py
-# CDI's importer and upload pods run as 107 with the volume at /data (or /dev/cdi-block-volume)
+# CDI's importer and upload pods run as 107 with the volume at /data (or /dev/cdi-block-volume);
+# no /scratch here: the importer uses scratch space only where a volume is mounted there
 USER 107
 EXPOSE 8443
 

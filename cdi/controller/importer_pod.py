@@ -27,13 +27,6 @@ SECRET_HEADERS_PATH = "/extraheaders"
 METRICS_PORT = 8443
 
 SCRATCH_SUFFIX = "-scratch"
-NEEDS_SCRATCH = (".vmdk.gz", ".vmdk.xz", ".vmdk.zst", ".vhd.gz", ".vhd.xz", ".vhd.zst", ".vhdx.gz", ".vhdx.xz",
-                 ".vhdx.zst", ".vdi.gz", ".vdi.xz", ".vdi.zst")
-"""Endpoints whose name says the importer will need a scratch file: compressed formats qemu-img
-must convert from a seekable file. Everything else streams; if the importer finds otherwise
-after all, it says so (``scratchSpaceRequired``) and the pod is recreated with scratch."""
-
-
 WORKER_UID = 107
 CONTAINER_SECURITY: dict[str, Any] = {
     "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}, "runAsNonRoot": True,
@@ -64,9 +57,13 @@ def scratch_name(pvc_name: str) -> str:
     return name_for(pvc_name, "scratch") if len(pvc_name) > 55 else f"{pvc_name}{SCRATCH_SUFFIX}"
 
 
-def needs_scratch_up_front(annotations: dict[str, str]) -> bool:
-    endpoint = annotations.get(ann.IMPORT_ENDPOINT, "").split("?", 1)[0].lower()
-    return annotations.get(ann.REQUIRES_SCRATCH) == "true" or endpoint.endswith(NEEDS_SCRATCH)
+def needs_scratch(annotations: dict[str, str]) -> bool:
+    """Scratch space only once an importer asked for it (``requiresScratch``), as CDI does: our
+    readers stream every format from every source, compressed or not, and only a layout none of
+    them takes (a VMDK whose grains are out of disk order, a VHDX, compressed or without ranges)
+    needs a seekable copy. Guessing from the endpoint's name would give most compressed images
+    a scratch PVC they never use."""
+    return annotations.get(ann.REQUIRES_SCRATCH) == "true"
 
 
 def is_block(pvc: dict[str, Any]) -> bool:

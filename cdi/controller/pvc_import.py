@@ -79,7 +79,7 @@ def owner_uid(pvc: dict[str, Any]) -> str:
 def _start(ctx: Context, pvc: dict[str, Any], pod_name: str) -> None:
     annotations = pvc["metadata"].get("annotations") or {}
     config = ctx.config()
-    scratch = importer_pod.scratch_name(pvc["metadata"]["name"]) if importer_pod.needs_scratch_up_front(annotations) \
+    scratch = importer_pod.scratch_name(pvc["metadata"]["name"]) if importer_pod.needs_scratch(annotations) \
         else None
     body = importer_pod.render(pvc, owner_uid=owner_uid(pvc), config=config, settings=ctx.importer, scratch=scratch)
     created = ctx.kube.create(res.POD, body)

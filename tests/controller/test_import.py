@@ -17,7 +17,8 @@ Behaviours under test (CDI's acceptance scenarios, ref section 6.4):
 - sources this controller does not serve stay Pending with a condition that says so;
 - ``retainAfterCompletion`` keeps the finished importer pod;
 - a bare PVC with CDI's import annotations is imported (CDI's PVC-level flow), here a
-  compressed VHD, which gets a scratch PVC decided up front from its name.
+  compressed VMDK whose grains are out of disk order: the first importer pod asks for scratch
+  space (``requiresScratch``), the second gets a scratch PVC and converts it.
 """
 
 from __future__ import annotations
@@ -241,9 +242,11 @@ def test_bare_annotated_pvc_is_imported(core: client.CoreV1Api, ns: str, pod_ngi
                                         images: dict[str, Image], controller: Controller) -> None:
     """CDI's PVC-level flow: no DataVolume, only CDI's import annotations on a PVC."""
     core.create_namespaced_persistent_volume_claim(ns, {
-        "metadata": {"name": "bare", "annotations": {f"{A}.import.endpoint": f"{pod_nginx.http}/disk.vhd.gz"}},
+        "metadata": {"name": "bare", "annotations": {f"{A}.import.endpoint": f"{pod_nginx.http}/scrambled.vmdk.gz"}},
         "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "64Mi"}}}})
     wait_for("the PVC import", lambda: (core.read_namespaced_persistent_volume_claim("bare", ns).metadata.annotations
-                                        or {}).get(f"{A}.pod.phase") == "Succeeded", 120, controller)
-    image = images["disk.vhd.gz"]
+                                        or {}).get(f"{A}.pod.phase") == "Succeeded", 180, controller)
+    annotations = core.read_namespaced_persistent_volume_claim("bare", ns).metadata.annotations
+    assert annotations.get(f"{A}.import.requiresScratch") == "true"
+    image = images["scrambled.vmdk.gz"]
     assert sha256_prefix(volume_path(core, ns, "bare"), image.raw_size) == image.raw_sha256

@@ -8,7 +8,7 @@ Behaviours under test:
   permanent error, and how many runs failed (kubelet counts restarts, not failures);
 - CDI's short message for size errors;
 - the importer pod as CDI builds it: env, block vs filesystem, credentials by secretKeyRef,
-  cert and secret-header volumes, scratch decided up front from the endpoint, long names;
+  cert and secret-header volumes, scratch only once an importer asked for it, long names;
 - the upload pod, its Service and TLS Secret fit together (selector, Secret name, a serving
   certificate for the Service's DNS name signed by the upload-server CA); upload phases from the
   pod's state;
@@ -140,10 +140,10 @@ def test_block_volume_is_a_device_without_overhead() -> None:
     assert "volumeMounts" not in container and env_of(pod)["FILESYSTEM_OVERHEAD"] == "0"
 
 
-def test_scratch_decided_up_front_only_where_streaming_cannot_do() -> None:
-    assert importer_pod.needs_scratch_up_front({ann.IMPORT_ENDPOINT: "http://h/win.vmdk.gz"})
-    assert not importer_pod.needs_scratch_up_front({ann.IMPORT_ENDPOINT: "http://h/fedora.qcow2.xz"})
-    assert importer_pod.needs_scratch_up_front({ann.REQUIRES_SCRATCH: "true"})
+def test_scratch_only_once_an_importer_asked_for_it() -> None:
+    for name in ("win.vmdk.gz", "fedora.qcow2.xz", "disk.vhd.zst", "disk.vdi.xz"):
+        assert not importer_pod.needs_scratch({ann.IMPORT_ENDPOINT: f"http://h/{name}"})
+    assert importer_pod.needs_scratch({ann.IMPORT_ENDPOINT: "http://h/win.vmdk.gz", ann.REQUIRES_SCRATCH: "true"})
     pod = render(claim(**{ann.IMPORT_ENDPOINT: "http://h/win.vmdk.gz"}), scratch="disk-scratch")
     assert {"mountPath": "/scratch", "name": "cdi-scratch-vol"} in pod["spec"]["containers"][0]["volumeMounts"]
 

@@ -35,11 +35,10 @@ import cdi
 from importer.formats import runs, vmdk
 from tests.servers.nginx import Nginx, start_nginx
 from tests.servers.pki import TestCA
+from tests.servers.vmdk_craft import GRAIN, gte_offsets, header, put, swap_first_grains
 
 MiB = 1 << 20
 SIZE = 40 * MiB + 12 * 1024  # the last grain is partial
-GRAIN = 64 * 1024
-HEADER = struct.Struct("<4sIIQQQQIQQQ?4sH")
 
 
 @dataclass(frozen=True)
@@ -143,27 +142,6 @@ def test_checksum_over_the_stream(served: Served, tmp_path: Path) -> None:
 # -- helpers for hand-edited images ----------------------------------------------------------
 
 
-def header(image: bytes) -> dict[str, int]:
-    (_, _, flags, capacity, grain, _, _, gtes, _, gd, overhead, _, _, _) = HEADER.unpack_from(image)
-    return {"flags": flags, "capacity": capacity, "grain": grain, "gtes": gtes, "gd": gd,
-            "overhead": overhead}
-
-
-def gte_offsets(image: bytes) -> list[tuple[int, int]]:
-    """(file offset of the entry, entry) for every allocated grain table entry, disk order."""
-    h = header(image)
-    tables = -(-h["capacity"] // (h["grain"] * h["gtes"]))
-    found = []
-    for n in range(tables):
-        (gt,) = struct.unpack_from("<I", image, h["gd"] * 512 + 4 * n)
-        for i in range(h["gtes"]) if gt else ():
-            at = gt * 512 + 4 * i
-            (entry,) = struct.unpack_from("<I", image, at)
-            if entry:
-                found.append((at, entry))
-    return found
-
-
 def markers(image: bytes) -> list[tuple[int, int, int]]:
     """(file offset, lba, compressed size) of every grain marker of a streamOptimized image."""
     pos, found = header(image)["overhead"] * 512, []
@@ -174,19 +152,6 @@ def markers(image: bytes) -> list[tuple[int, int, int]]:
         found.append((pos, lba, size))
         pos += -(-(12 + size) // 512) * 512
     return found
-
-
-def put(image: bytearray, offset: int, fmt: str, *values: int) -> None:
-    struct.pack_into(fmt, image, offset, *values)
-
-
-def swap_first_grains(image: bytearray) -> None:
-    """A valid image whose first two grains sit in the file in reverse disk order."""
-    (a_at, a), (b_at, b) = gte_offsets(bytes(image))[:2]
-    first, second = bytes(image[a * 512:a * 512 + GRAIN]), bytes(image[b * 512:b * 512 + GRAIN])
-    image[a * 512:a * 512 + GRAIN], image[b * 512:b * 512 + GRAIN] = second, first
-    put(image, a_at, "<I", b)
-    put(image, b_at, "<I", a)
 
 
 def test_grains_out_of_order_keep_the_qemu_route(served: Served, tmp_path: Path) -> None:

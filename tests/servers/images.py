@@ -19,6 +19,8 @@ from pathlib import Path
 
 import zstandard
 
+from tests.servers.vmdk_craft import swap_first_grains
+
 MiB = 1024 * 1024
 BASE_SIZE = 24 * MiB
 FORMATS = {"raw": None, "qcow2": "qcow2", "vmdk": "vmdk", "vhd": "vpc", "vhdx": "vhdx", "vdi": "vdi"}
@@ -108,8 +110,21 @@ def build_images(directory: Path) -> dict[str, Image]:
             path = directory / f"{name}.{suffix}"
             path.write_bytes(compress(data))
             images[path.name] = Image(path, source.raw_sha256, source.raw_size, sha256_file(path))
-    vhdx = images["disk.vhdx"]  # the one format left to qemu-img: compressed, it needs scratch
+    vhdx = images["disk.vhdx"]
     path = directory / "disk.vhdx.gz"
     path.write_bytes(COMPRESSIONS["gz"](vhdx.path.read_bytes()))
     images[path.name] = Image(path, vhdx.raw_sha256, vhdx.raw_size, sha256_file(path))
+    scrambled = _scrambled_vmdk_gz(images["disk.vmdk"], directory)
+    images[scrambled.name] = scrambled
     return images
+
+
+def _scrambled_vmdk_gz(vmdk: Image, directory: Path) -> Image:
+    """The same disk as a VMDK whose grains are out of disk order, compressed: no single pass can
+    place it, so only ``qemu-img`` from a scratch copy converts it (the importer asks for scratch
+    space when it finds this, as CDI's does)."""
+    image = bytearray(vmdk.path.read_bytes())
+    swap_first_grains(image)
+    path = directory / "scrambled.vmdk.gz"
+    path.write_bytes(COMPRESSIONS["gz"](bytes(image)))
+    return Image(path, vmdk.raw_sha256, vmdk.raw_size, sha256_file(path))
