@@ -5,6 +5,7 @@ baseline) from nginx on loopback in several forms, and times for each:
 
 - raw:        ``curl -o``                     vs ``cdi import`` (sparse, no qemu-img)
 - raw.zst:    ``curl | zstd -d > file``       vs ``cdi import``
+- raw.zst-cdi: CDI's path for it: ``curl | zstd -d`` to scratch, then ``qemu-img convert``
 
 Every baseline ends with ``sync FILE``: ``cdi import`` fsyncs before it reports success (as
 CDI does), so both sides pay for durable data.
@@ -132,6 +133,8 @@ def main() -> None:
                 [cdi, "import", f"{base}/disk.raw", str(out), "--no-progress"]),
         "raw.zst": (f"curl -sf {base}/disk.raw.zst | zstd -q -d -o {out}" + durable,
                     [cdi, "import", f"{base}/disk.raw.zst", str(out), "--no-progress"]),
+        "raw.zst-cdi": (f"curl -sf {base}/disk.raw.zst | zstd -q -d -o {scratch} && qemu-img convert -t writeback -f raw -O raw {scratch} {out}" + durable,
+                        [cdi, "import", f"{base}/disk.raw.zst", str(out), "--no-progress"]),
         "qcow2": (f"curl -sf -o {scratch} {base}/disk.qcow2 && qemu-img convert -t writeback -f qcow2 -O raw {scratch} {out}" + durable,
                   [cdi, "import", f"{base}/disk.qcow2", str(out), "--no-progress"]),
         "vmdk": (f"curl -sf -o {scratch} {base}/disk.vmdk && qemu-img convert -t writeback -f vmdk -O raw {scratch} {out}" + durable,
