@@ -138,6 +138,8 @@ def children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+SERVER_RSS: list[float] = []
+"""Peak RSS (MiB) of every upload server run."""
 CPU: dict[str, list[tuple[float, float, float]]] = {}
 """Per path: CPU seconds of curl, of the relay (proxy process and its nginx, or the nginx
 reference), of the server (upload server, or the sink), one tuple per run."""
@@ -151,8 +153,9 @@ def measured(name: str, upload: Callable[[], float], relay: int | None = None,
     curl_cpu, relay_cpu = children_cpu() - curl0, tree_cpu(relay) - relay0
     server_cpu = tree_cpu(sink) - sink0
     if server is not None:
-        status, _, server_cpu = wait_usage(server)
+        status, server_rss, server_cpu = wait_usage(server)
         assert status == 0, f"the upload server exited with {status}"
+        SERVER_RSS.append(server_rss)
     CPU.setdefault(name, []).append((curl_cpu, relay_cpu, server_cpu))
     return elapsed
 
@@ -302,7 +305,8 @@ def run(work: Path, size: int, args: argparse.Namespace) -> None:
         proxy.terminate()
         _, proxy_rss = wait_rss(proxy)
     report(size, times, committed_times, client_times)
-    print(f"peak RSS: proxy (nginx data path) {proxy_rss:.0f} MiB", flush=True)
+    print(f"peak RSS: proxy (nginx data path) {proxy_rss:.0f} MiB, upload server "
+          f"{max(SERVER_RSS, default=0):.0f} MiB (the largest of {len(SERVER_RSS)} runs)", flush=True)
 
 
 def time_upload(bench: Bench, work: Path, name: str, proxy: subprocess.Popen[bytes], proxy_port: int, token: str,
