@@ -89,8 +89,6 @@ def parse_layout(read_at: ReadAt) -> Layout:
     regions = _regions(read_at)
     if BAT not in regions or METADATA not in regions:
         raise InvalidImage("the VHDX region table lacks its block table or metadata region")
-    block, flags, virtual, sector = _metadata(read_at, *regions[METADATA])
-    _check_parameters(block, flags, virtual, sector)
     structures = [(0, HEADER_SECTION, "header section"),
                   (regions[BAT][0], sum(regions[BAT]), "block table region"),
                   (regions[METADATA][0], sum(regions[METADATA]), "metadata region")]
@@ -100,6 +98,8 @@ def parse_layout(read_at: ReadAt) -> Layout:
     for (_, end, first), (start, _, second) in zip(structures, structures[1:]):
         if start < end:
             raise InvalidImage(f"the VHDX {second} at {start:#x} overlaps its {first}")
+    block, flags, virtual, sector = _metadata(read_at, *regions[METADATA])
+    _check_parameters(block, flags, virtual, sector)
     layout = Layout(block, sector, virtual, regions[BAT][0], -(-virtual // block),
                     (1 << 23) * sector // block, log_active, tuple(structures))
     if layout.entries * 8 > regions[BAT][1]:
