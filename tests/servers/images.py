@@ -108,8 +108,23 @@ def build_images(directory: Path) -> dict[str, Image]:
             path = directory / f"{name}.{suffix}"
             path.write_bytes(compress(data))
             images[path.name] = Image(path, source.raw_sha256, source.raw_size, sha256_file(path))
-    vhdx = images["disk.vhdx"]  # the one format left to qemu-img: compressed, it needs scratch
+    vhdx = images["disk.vhdx"]
     path = directory / "disk.vhdx.gz"
     path.write_bytes(COMPRESSIONS["gz"](vhdx.path.read_bytes()))
     images[path.name] = Image(path, vhdx.raw_sha256, vhdx.raw_size, sha256_file(path))
+    _add_left_to_qemu(directory, base, images)
     return images
+
+
+def _add_left_to_qemu(directory: Path, base: Path, images: dict[str, Image]) -> None:
+    """``disk-sized.vhd`` (and ``.gz``): a VHD whose size field is exact and so disagrees
+    with its geometry (``force_size``, as Azure wants them), which our VHD reader leaves to
+    qemu-img: the image for the qemu routes (``qemu-nbd``; compressed, it needs scratch)."""
+    path = directory / "disk-sized.vhd"
+    subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "vpc", "-o", "force_size=on", str(base), str(path)],
+                   check=True)
+    digest, size = raw_digest(path, "vpc")
+    images[path.name] = Image(path, digest, size, sha256_file(path))
+    packed = directory / "disk-sized.vhd.gz"
+    packed.write_bytes(COMPRESSIONS["gz"](path.read_bytes()))
+    images[packed.name] = Image(packed, digest, size, sha256_file(packed))
