@@ -11,8 +11,10 @@ Behaviours under test:
   with fewer blocks than a chunk, only the sector size field differs);
 - a disk larger than one chunk (4 GiB with 1 MiB blocks), whose block table has a
   sector-bitmap entry between its payload entries, imports like qemu-img;
-- what the reader leaves to qemu-img still converts: blocks out of disk order, and a log GUID
-  whose log has no valid entry (qemu opens those read-only);
+- blocks out of disk order (reversed) are sorted by file offset and still take the single
+  pass, by range and from a stream; more of them than the sort holds keep qemu-img;
+- what the reader leaves to qemu-img still converts: a log GUID whose log has no valid entry
+  (qemu opens those read-only);
 - hostile VHDXs fail with a classified permanent error and leave no disk, by range, by HTTP
   and in gz: a dirty log (qemu-img refuses it read-only; so do we), a differencing disk, a
   block past the end of the file, over the block table or mapped twice, a partially present
@@ -35,6 +37,7 @@ from typing import Callable, Iterator
 import pytest
 
 import cdi
+from importer.formats import vhdx_plan
 from importer.formats.crc32c import with_checksum_zeroed
 from tests.importer.test_vmdk_stream import SIZE, _expect_refused, _make_disk, _sha256
 from tests.servers.badserver import BadServer
@@ -221,15 +224,34 @@ def _local_import(image: bytes, tmp_path: Path) -> tuple[cdi.ImportResult, Path]
     return cdi.import_image(str(local), tmp_path / "out" / "disk.img"), local
 
 
-def test_blocks_out_of_order_keep_the_qemu_route(served: Served, tmp_path: Path) -> None:
-    image = bytearray((served.www / "dynamic-1m.vhdx").read_bytes())
-    table, entries = bat(bytes(image))
-    a, b = present(bytes(image))[:2]
-    at_a, at_b = entries[a] >> 20 << 20, entries[b] >> 20 << 20
-    image[at_a:at_a + MiB], image[at_b:at_b + MiB] = image[at_b:at_b + MiB], image[at_a:at_a + MiB]
-    struct.pack_into("<Q", image, table + 8 * a, entries[b])
-    struct.pack_into("<Q", image, table + 8 * b, entries[a])
-    result, _ = _local_import(bytes(image), tmp_path)
+def reversed_blocks(image: bytes) -> bytes:
+    """The same disk with its blocks in reverse file order (as Hyper-V, which allocates blocks
+    as the guest writes them, may leave them)."""
+    out = bytearray(image)
+    table, entries = bat(image)
+    indexes = present(image)
+    places = [entries[n] >> 20 << 20 for n in indexes]
+    for n, place in zip(indexes, reversed(places)):
+        old = entries[n] >> 20 << 20
+        out[place:place + MiB] = image[old:old + MiB]
+        struct.pack_into("<Q", out, table + 8 * n, place | 6)
+    return bytes(out)
+
+
+@pytest.mark.parametrize("where", ["local", "http", "no-ranges"])
+def test_blocks_out_of_disk_order_stream_sorted(served: Served, tmp_path: Path, where: str) -> None:
+    image = reversed_blocks((served.www / "dynamic-1m.vhdx").read_bytes())
+    (served.www / "reversed.vhdx").write_bytes(image)
+    assert qemu_raw(served.www / "reversed.vhdx", tmp_path / "ref.raw") == served.digest
+    result = cdi.import_image(_source(served, "reversed.vhdx", where), tmp_path / "disk.img")
+    assert result.route == "stream-vhdx" and result.bytes_received == len(image)
+    assert _sha256(tmp_path / "disk.img") == served.digest
+
+
+def test_more_blocks_out_of_order_than_sorted_keep_the_qemu_route(served: Served, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(vhdx_plan, "MAX_SORTED", 4)
+    result, _ = _local_import(reversed_blocks((served.www / "dynamic-1m.vhdx").read_bytes()), tmp_path)
     assert result.route == "qemu-local"
     assert _sha256(tmp_path / "out" / "disk.img") == served.digest
 
