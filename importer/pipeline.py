@@ -363,13 +363,16 @@ class _Run:
     # -- qemu-img routes ---------------------------------------------------------------------
 
     def _qemu_convert(self, url: str, read_at: Callable[[int, int], bytes], size: int) -> None:
-        from .formats.inspect import inspect_image
+        from .formats.inspect import explain_qemu_refusal, inspect_image
         from .qemu import QemuImg, validate
 
         inspect_image(self.format, read_at, size)  # before qemu-img opens anything it names
         qemu = QemuImg()
         qemu_format = magic.QEMU_FORMAT[self.format]
-        info = qemu.info(url, qemu_format)
+        try:
+            info = qemu.info(url, qemu_format)
+        except InvalidImage as error:
+            raise explain_qemu_refusal(self.format, error) from error
         validate(info, allowed_formats=(qemu_format,), capacity=self.target.capacity)
         self.virtual_size = info.virtual_size
         total = info.virtual_size

@@ -53,6 +53,8 @@ MAX_VIRTUAL = 64 * 1024 ** 4
 """The largest virtual disk the format allows (64 TiB)."""
 HEADER_SECTION = MiB
 """Identifier, both headers and both region tables live in the first MiB."""
+DIRTY_LOG = "contains a log that needs to be replayed"
+"""What qemu-img says when it opens a VHDX read-only whose log has valid entries."""
 
 
 @dataclass(frozen=True)

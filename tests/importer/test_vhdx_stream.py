@@ -312,7 +312,7 @@ def _block_size(value: int) -> Edit:
 
 
 HOSTILE: dict[str, tuple[Edit, str]] = {
-    "dirty log": (lambda image: with_log(image, entry=True), "log that needs to be replayed"),
+    "dirty log": (lambda image: with_log(image, entry=True), "has a log that must be replayed.*check -r all"),
     "differencing": (_item("parameters", "", 2), "parent"),
     "block past the end": (_entry(-1, lambda image, entry: ((len(image) >> 20) + 64 << 20) | 6), "truncated"),
     "block over the block table": (_entry(0, lambda image, entry: bat(image)[0] | 6), "overlaps the block table"),
