@@ -22,8 +22,9 @@ route                          when
                                (:mod:`.formats.vdi_plan`), then the blocks as they pass
 ``stream-vhd``                 dynamic VHD whose geometry and size field agree, blocks in
                                disk order: likewise, from its BAT (:mod:`.formats.vhd_plan`)
-``stream-vhdx``                VHDX (dynamic or fixed) with no log to replay, blocks in disk
-                               order after its regions: likewise (:mod:`.formats.vhdx_plan`)
+``stream-vhdx``                VHDX (dynamic or fixed) with no log to replay, blocks after its
+                               regions (sorted by file offset when out of disk order):
+                               likewise (:mod:`.formats.vhdx_plan`)
 ``qemu-local``                 VMDK/VDI/VHD/VHDX the readers do not take, in a local
                                uncompressed file
 ``qemu-nbd``                   VMDK/VHD/VHDX/VDI from a source with random access: qemu-img
