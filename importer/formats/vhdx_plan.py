@@ -1,8 +1,8 @@
 """Decide whether a VHDX can be converted in one sequential pass, and how.
 
 A VHDX (:mod:`.vhdx` has the layout) keeps its headers in the first MiB, then its log,
-block allocation table (BAT) and metadata regions, then the payload blocks (32 MiB by
-default for qemu-img, 1 to 256 MiB allowed), each whole in the file wherever its BAT entry
+block allocation table (BAT) and metadata regions, then the payload blocks (1 to 256 MiB;
+qemu-img picks by disk size, 16 MiB for 2 GiB), each whole in the file wherever its BAT entry
 says. qemu-img and Hyper-V put the regions first, so the BAT is read first, by range or from
 the stream's first bytes, and folded into runs (:mod:`.runs`); the file is then read once.
 Dynamic and fixed VHDX differ only in which blocks the BAT maps.
