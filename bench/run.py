@@ -13,7 +13,7 @@ CDI does), so both sides pay for durable data.
               (our streaming qcow2 reader, no scratch)
 - vmdk:       ``curl -o`` then ``qemu-img convert``  vs ``cdi import`` (our single-pass reader)
 - vmdk-stream: the same for a streamOptimized VMDK (compressed grains, what OVAs carry)
-- vdi, vhd:   the same for a dynamic VDI and a dynamic VHD (our single-pass readers)
+- vdi, vhd, vhdx: the same for a dynamic VDI, VHD and VHDX (our single-pass readers)
 - raw.gz, qcow2.xz: CDI's path: ``curl | gzip -d`` (``xz -d``) to scratch, then
               ``qemu-img convert``  vs ``cdi import`` (decompressed as it arrives, no scratch)
 
@@ -116,7 +116,7 @@ def main() -> None:
     subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "vmdk", str(www / "disk.raw"), str(www / "disk.vmdk")], check=True)
     subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "vmdk", "-o", "subformat=streamOptimized",
                     str(www / "disk.raw"), str(www / "disk-stream.vmdk")], check=True)
-    for fmt, qemu_format in (("vdi", "vdi"), ("vhd", "vpc")):
+    for fmt, qemu_format in (("vdi", "vdi"), ("vhd", "vpc"), ("vhdx", "vhdx")):
         subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", qemu_format, str(www / "disk.raw"),
                         str(www / f"disk.{fmt}")], check=True)
     subprocess.run(["zstd", "-q", "-T0", "-3", str(www / "disk.raw"), "-o", str(www / "disk.raw.zst")], check=True)
@@ -145,6 +145,8 @@ def main() -> None:
                 [cdi, "import", f"{base}/disk.vdi", str(out), "--no-progress"]),
         "vhd": (f"curl -sf -o {scratch} {base}/disk.vhd && qemu-img convert -t writeback -f vpc -O raw {scratch} {out}" + durable,
                 [cdi, "import", f"{base}/disk.vhd", str(out), "--no-progress"]),
+        "vhdx": (f"curl -sf -o {scratch} {base}/disk.vhdx && qemu-img convert -t writeback -f vhdx -O raw {scratch} {out}" + durable,
+                 [cdi, "import", f"{base}/disk.vhdx", str(out), "--no-progress"]),
         "raw.gz": (f"curl -sf {base}/disk.raw.gz | gzip -d > {scratch} && qemu-img convert -t writeback -f raw -O raw {scratch} {out}" + durable,
                    [cdi, "import", f"{base}/disk.raw.gz", str(out), "--no-progress"]),
         "qcow2.xz": (f"curl -sf {base}/disk.qcow2.xz | xz -d > {scratch} && qemu-img convert -t writeback -f qcow2 -O raw {scratch} {out}" + durable,

@@ -22,7 +22,10 @@ route                          when
                                (:mod:`.formats.vdi_plan`), then the blocks as they pass
 ``stream-vhd``                 dynamic VHD whose geometry and size field agree, blocks in
                                disk order: likewise, from its BAT (:mod:`.formats.vhd_plan`)
-``qemu-local``                 VHDX (and VMDK/VDI/VHD the readers do not take) in a local
+``stream-vhdx``                VHDX (dynamic or fixed) with no log to replay, blocks after its
+                               regions (sorted by file offset when out of disk order):
+                               likewise (:mod:`.formats.vhdx_plan`)
+``qemu-local``                 VMDK/VDI/VHD/VHDX the readers do not take, in a local
                                uncompressed file
 ``qemu-nbd``                   VMDK/VHD/VHDX/VDI from a source with random access: qemu-img
                                reads our source through a loopback NBD socket
@@ -181,6 +184,7 @@ class _Run:
             "stream-vmdk": self.stream_blocks,
             "stream-vdi": self.stream_blocks,
             "stream-vhd": self.stream_blocks,
+            "stream-vhdx": self.stream_blocks,
             "qemu-local": self.qemu_local,
             "qemu-nbd": self.qemu_nbd,
             "qemu-scratch": self.qemu_scratch,
@@ -283,17 +287,18 @@ class _Run:
         return "qemu-scratch"
 
     def _streams(self, kind: str) -> bool:
-        """Whether our single-pass reader takes this VMDK, VDI or VHD (its plan is kept); else
+        """Whether our single-pass reader takes this VMDK, VDI, VHD or VHDX (its plan is kept); else
         qemu-img converts it. With random access to the file itself the tables are read by
         range; otherwise from what the stream holds ahead without consuming it, so a fallback
         loses nothing."""
         from .formats.runs import lookahead_read_at
         from .formats.vdi_plan import plan_vdi
         from .formats.vhd_plan import plan_vhd
+        from .formats.vhdx_plan import plan_vhdx
         from .formats.vmdk_plan import plan_vmdk
 
         assert self.info is not None
-        planner = {"vmdk": plan_vmdk, "vdi": plan_vdi, "vhd": plan_vhd}.get(kind)
+        planner = {"vmdk": plan_vmdk, "vdi": plan_vdi, "vhd": plan_vhd, "vhdx": plan_vhdx}.get(kind)
         if planner is None:
             return False
         if self.plan is None:
@@ -359,13 +364,16 @@ class _Run:
     # -- qemu-img routes ---------------------------------------------------------------------
 
     def _qemu_convert(self, url: str, read_at: Callable[[int, int], bytes], size: int) -> None:
-        from .formats.inspect import inspect_image
+        from .formats.inspect import explain_qemu_refusal, inspect_image
         from .qemu import QemuImg, validate
 
         inspect_image(self.format, read_at, size)  # before qemu-img opens anything it names
         qemu = QemuImg()
         qemu_format = magic.QEMU_FORMAT[self.format]
-        info = qemu.info(url, qemu_format)
+        try:
+            info = qemu.info(url, qemu_format)
+        except InvalidImage as error:
+            raise explain_qemu_refusal(self.format, error) from error
         validate(info, allowed_formats=(qemu_format,), capacity=self.target.capacity)
         self.virtual_size = info.virtual_size
         total = info.virtual_size

@@ -60,8 +60,8 @@ def scratch_name(pvc_name: str) -> str:
 def needs_scratch(annotations: dict[str, str]) -> bool:
     """Scratch space only once an importer asked for it (``requiresScratch``), as CDI does: our
     readers stream every format from every source, compressed or not, and only a layout none of
-    them takes (a VMDK whose grains are out of disk order, a VHDX, compressed or without ranges)
-    needs a seekable copy. Guessing from the endpoint's name would give most compressed images
+    them takes (a VMDK whose grains are out of disk order, a VHD whose size field disagrees with
+    its geometry, compressed or without ranges) needs a seekable copy. Guessing from the endpoint's name would give most compressed images
     a scratch PVC they never use."""
     return annotations.get(ann.REQUIRES_SCRATCH) == "true"
 

@@ -17,7 +17,7 @@ from ..errors import InvalidImage
 from .tables import ReadAt
 from .vdi import inspect_vdi
 from .vhd import inspect_vhd
-from .vhdx import inspect_vhdx
+from .vhdx import DIRTY_LOG, inspect_vhdx
 from .vmdk import inspect_vmdk
 
 INSPECTORS: dict[str, Callable[[ReadAt, int], None]] = {
@@ -35,6 +35,18 @@ def inspect_image(kind: str, read_at: ReadAt, size: int) -> None:
         inspector(read_at, size)
     except (struct.error, ValueError, OverflowError) as error:
         raise InvalidImage(f"the {kind} image's header or tables are malformed: {error}") from error
+
+
+def explain_qemu_refusal(kind: str, error: InvalidImage) -> InvalidImage:
+    """qemu-img's refusal in our words where its own would mislead: for a VHDX with a log to
+    replay it names our NBD socket or scratch file in the command it suggests."""
+    if kind == "vhdx" and DIRTY_LOG in str(error):
+        return InvalidImage("the VHDX has a log that must be replayed before it can be read (the "
+                            "disk was not closed cleanly); qemu-img replays a log only when it may "
+                            "write the file, and an import only reads it: run `qemu-img check -r "
+                            "all` on a copy of the image (or attach it once in Hyper-V) and import "
+                            f"that ({error})")
+    return error
 
 
 def inspect_file(kind: str, path: str | Path) -> None:

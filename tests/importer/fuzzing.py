@@ -38,6 +38,7 @@ from importer.formats.runs import StreamPlan, lookahead_read_at
 from importer.formats.tables import ReadAt
 from importer.formats.vdi_plan import plan_vdi
 from importer.formats.vhd_plan import plan_vhd
+from importer.formats.vhdx_plan import plan_vhdx
 from importer.formats.vmdk_plan import plan_vmdk
 from importer.formats.vmdk_stream import convert_stream
 from importer.stream import ChunkReader
@@ -150,6 +151,10 @@ def run_vhd_reader(data: bytes, work: Path) -> None:
     _run_stream_reader(data, work, plan_vhd)
 
 
+def run_vhdx_reader(data: bytes, work: Path) -> None:
+    _run_stream_reader(data, work, plan_vhdx)
+
+
 def _run_stream_reader(data: bytes, work: Path,
                        planner: Callable[[ReadAt, int | None], StreamPlan | None]) -> None:
     """A single-pass reader (VMDK, VDI), with the tables read by range and from a stream."""
@@ -243,6 +248,15 @@ def _vhdx_regions(data: bytes) -> list[tuple[int, int]]:
             (1024 * 1024, 1024 * 1024 + 512), (2 * 1024 * 1024, 2 * 1024 * 1024 + 512)]
 
 
+def _vhdx_reader_regions(data: bytes) -> list[tuple[int, int]]:
+    """The headers' log fields, the block table, the metadata items and the first block
+    (the region table and headers are checksummed: edits there end at the checksum)."""
+    first = struct.unpack_from("<Q", data, 2 * MiB)[0] >> 20 << 20
+    return [(64 * 1024 + 48, 64 * 1024 + 80), (128 * 1024 + 48, 128 * 1024 + 80),
+            (2 * MiB, 2 * MiB + 256), (3 * MiB, 3 * MiB + 256), (3 * MiB + 64 * 1024, 3 * MiB + 64 * 1024 + 64),
+            (first, min(len(data), first + 4096))]
+
+
 TARGETS = {
     "qcow2": Target("qcow2", lambda: qemu_seed("qcow2", "-o", "cluster_size=4096"), run_qcow2,
                     _qcow2_regions),
@@ -262,6 +276,8 @@ TARGETS = {
     "vhd": Target("vhd", lambda: qemu_seed("vpc"), _inspector(inspect_vhd), _vhd_regions),
     "vhd-reader": Target("vhd-reader", lambda: qemu_seed("vpc"), run_vhd_reader, _vhd_regions),
     "vhdx": Target("vhdx", lambda: qemu_seed("vhdx"), _inspector(inspect_vhdx), _vhdx_regions),
+    "vhdx-reader": Target("vhdx-reader", lambda: qemu_seed("vhdx", "-o", "block_size=1M"), run_vhdx_reader,
+                          _vhdx_reader_regions),
     "vdi": Target("vdi", lambda: qemu_seed("vdi"), _inspector(inspect_vdi), _vdi_regions),
     "vdi-reader": Target("vdi-reader", lambda: qemu_seed("vdi"), run_vdi_reader,
                          lambda data: _vdi_regions(data) + [(1024, 4096)]),

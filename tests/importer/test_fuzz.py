@@ -2,7 +2,7 @@
 
 For each target in :mod:`tests.importer.fuzzing` (qcow2 header and tables, plain and zstd
 compressed clusters; VMDK sparse header, streamOptimized footer and descriptor; VHD footer,
-dynamic header and block table; VHDX; VDI; the zstd frame walker; tar member handling): edited
+dynamic header and block table; VHDX and its reader; VDI; the zstd frame walker; tar member handling): edited
 seeds end in success or a classified error, within the time and memory bounds. The long run
 is ``bench/fuzz.py``.
 """

@@ -5,7 +5,7 @@ places and half holes, served by real nginx in several forms):
 
 * the importer's own peak RSS (VmHWM of the child) stays under 100 MiB on every route: raw,
   raw.gz, raw.zst, qcow2, qcow2.xz (streamed, decompressed on the way) and VMDK (our reader:
-  monolithicSparse plain and in gz, streamOptimized; VDI; VHD), and raw.gz from SeaweedFS S3 (parallel ranged GETs for a
+  monolithicSparse plain and in gz, streamOptimized; VDI; VHD; VHDX plain and in gz), and raw.gz from SeaweedFS S3 (parallel ranged GETs for a
   round at least); the bound is the issue's, with CDI's pods at 70-82 MiB;
 * the target allocates at most 1.01x the image's data bytes (non-zero 4 KiB blocks) on
   every route, compressed or not: holes found after decompression stay holes;
@@ -56,12 +56,13 @@ def served(tmp_path_factory: pytest.TempPathFactory, test_ca: TestCA) -> Iterato
     www.mkdir()
     raw = www / "disk.raw"
     data = _make_disk(raw)
-    for fmt, qemu_format in (("qcow2", "qcow2"), ("vmdk", "vmdk"), ("vdi", "vdi"), ("vhd", "vpc")):
+    for fmt, qemu_format in (("qcow2", "qcow2"), ("vmdk", "vmdk"), ("vdi", "vdi"), ("vhd", "vpc"), ("vhdx", "vhdx")):
         subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", qemu_format, str(raw), str(www / f"disk.{fmt}")],
                        check=True)
     subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "vmdk", "-o", "subformat=streamOptimized",
                     str(raw), str(www / "disk-stream.vmdk")], check=True)
     (www / "disk.vmdk.gz").write_bytes(gzip.compress((www / "disk.vmdk").read_bytes(), compresslevel=1))
+    (www / "disk.vhdx.gz").write_bytes(gzip.compress((www / "disk.vhdx").read_bytes(), compresslevel=1))
     (www / "disk.raw.gz").write_bytes(gzip.compress(raw.read_bytes(), compresslevel=1))
     subprocess.run(["zstd", "-q", "-3", str(raw), "-o", str(www / "disk.raw.zst")], check=True)
     subprocess.run(["xz", "-k", "-0", str(www / "disk.qcow2")], check=True)
@@ -75,7 +76,7 @@ def served(tmp_path_factory: pytest.TempPathFactory, test_ca: TestCA) -> Iterato
 
 @pytest.mark.parametrize("name", ["disk.raw", "disk.raw.gz", "disk.raw.zst", "disk.qcow2",
                                   "disk.qcow2.xz", "disk.vmdk", "disk.vmdk.gz", "disk-stream.vmdk",
-                                  "disk.vdi", "disk.vhd"])
+                                  "disk.vdi", "disk.vhd", "disk.vhdx", "disk.vhdx.gz"])
 def test_peak_rss_and_bytes_written(name: str, served: tuple[Nginx, int, str], tmp_path: Path) -> None:
     nginx, data, digest = served
     target = tmp_path / "disk.img"

@@ -140,7 +140,7 @@ def test_blank(prealloc: str, tmp_path: Path) -> None:
 
 
 def test_scratch_space_required(nginx: Nginx, tmp_path: Path) -> None:
-    env = pod_env(tmp_path, IMPORTER_SOURCE="http", IMPORTER_ENDPOINT=f"{nginx.http}/disk.vhdx.gz")
+    env = pod_env(tmp_path, IMPORTER_SOURCE="http", IMPORTER_ENDPOINT=f"{nginx.http}/disk-sized.vhd.gz")
     code, message = run_pod(env)
     assert code == 0 and message["scratchSpaceRequired"] is True, message
     assert list((tmp_path / "data").iterdir()) == []

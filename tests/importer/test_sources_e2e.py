@@ -24,13 +24,14 @@ from tests.servers.seaweed import SeaweedS3
 
 @pytest.fixture(scope="module")
 def s3_images(seaweed_s3: SeaweedS3, images: dict[str, Image]) -> SeaweedS3:
-    for name in ("disk.qcow2", "disk.vmdk", "disk.raw.zst", "disk.vhdx"):
+    for name in ("disk.qcow2", "disk.vmdk", "disk.raw.zst", "disk.vhdx", "disk-sized.vhd"):
         seaweed_s3.put(f"images/{name}", images[name].path.read_bytes())
     return seaweed_s3
 
 
 @pytest.mark.parametrize("name,route", [("disk.qcow2", "stream-qcow2"), ("disk.vmdk", "stream-vmdk"),
-                                        ("disk.raw.zst", "stream-raw"), ("disk.vhdx", "qemu-nbd")])
+                                        ("disk.raw.zst", "stream-raw"), ("disk.vhdx", "stream-vhdx"),
+                                        ("disk-sized.vhd", "qemu-nbd")])
 def test_s3_import(name: str, route: str, s3_images: SeaweedS3, images: dict[str, Image], tmp_path: Path) -> None:
     result = cdi.import_image(f"s3://{s3_images.bucket}/images/{name}", tmp_path / "d.img",
                               s3_endpoint=s3_images.http_endpoint, username=s3_images.access_key,

@@ -78,7 +78,8 @@ def test_a_total_that_keeps_changing_is_never_success(bad_server: BadServer, tmp
 
 
 @pytest.mark.parametrize("name,route", [("disk.raw", "stream-raw"), ("disk.qcow2", "stream-qcow2"),
-                                        ("disk.vmdk", "stream-vmdk"), ("disk.vhdx", "qemu-scratch")])
+                                        ("disk.vmdk", "stream-vmdk"), ("disk.vhdx", "stream-vhdx"),
+                                        ("disk-sized.vhd", "qemu-scratch")])
 def test_ranges_advertised_but_ignored_fall_back_to_reading_in_order(
         name: str, route: str, images: dict[str, Image], bad_server: BadServer, tmp_path: Path,
         fast_retry: cdi.RetryPolicy) -> None:

@@ -116,6 +116,7 @@ def build_images(directory: Path) -> dict[str, Image]:
     images[path.name] = Image(path, vhdx.raw_sha256, vhdx.raw_size, sha256_file(path))
     scrambled = _scrambled_vmdk_gz(images["disk.vmdk"], directory)
     images[scrambled.name] = scrambled
+    _add_left_to_qemu(directory, base, images)
     return images
 
 
@@ -128,3 +129,17 @@ def _scrambled_vmdk_gz(vmdk: Image, directory: Path) -> Image:
     path = directory / "scrambled.vmdk.gz"
     path.write_bytes(COMPRESSIONS["gz"](bytes(image)))
     return Image(path, vmdk.raw_sha256, vmdk.raw_size, sha256_file(path))
+
+
+def _add_left_to_qemu(directory: Path, base: Path, images: dict[str, Image]) -> None:
+    """``disk-sized.vhd`` (and ``.gz``): a VHD whose size field is exact and so disagrees
+    with its geometry (``force_size``, as Azure wants them), which our VHD reader leaves to
+    qemu-img: the image for the qemu routes (``qemu-nbd``; compressed, it needs scratch)."""
+    path = directory / "disk-sized.vhd"
+    subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "vpc", "-o", "force_size=on", str(base), str(path)],
+                   check=True)
+    digest, size = raw_digest(path, "vpc")
+    images[path.name] = Image(path, digest, size, sha256_file(path))
+    packed = directory / "disk-sized.vhd.gz"
+    packed.write_bytes(COMPRESSIONS["gz"](path.read_bytes()))
+    images[packed.name] = Image(packed, digest, size, sha256_file(packed))

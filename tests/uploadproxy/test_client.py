@@ -140,11 +140,11 @@ def test_token_refused_and_refreshed(proxy: ProxyHandle, volume: ServerHandle, p
 def test_a_permanent_failure_is_not_retried(proxy: ProxyHandle, upload_server: ServerFactory, pki: Pki,
                                             images: dict[str, Image], token: Callable[[str], str]) -> None:
     """CDI answers 500 to everything; ours says when sending the same file again cannot help
-    (here: a compressed VHDX, which needs scratch space this server has none of)."""
+    (here: a compressed VHD left to qemu-img, which needs scratch space this server has none of)."""
     server = upload_server()
     proxy.route("disk", Ready(server.url))
     with pytest.raises(client.UploadFailed) as failed:
-        client.upload(proxy.url, token("disk"), images["disk.vhdx.gz"].path, ca=pki.proxy_ca.cert, resumable=False)
+        client.upload(proxy.url, token("disk"), images["disk-sized.vhd.gz"].path, ca=pki.proxy_ca.cert, resumable=False)
     assert failed.value.status == 500 and "scratch" in str(failed.value)
     assert "retries" not in str(failed.value)  # given up at the first answer, not after the retry budget
     assert server.leftovers() == []
