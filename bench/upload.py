@@ -21,7 +21,9 @@ Machines are noisy: compare the rows of one run, not absolute numbers.
 ``--hops`` adds, per hop, the same upload without our proxy (curl with the proxy's client
 certificate straight to the upload server: the server hop alone) and through nginx as the
 proxy (a TLS relay written in C, terminating the client's TLS and re-encrypting with the
-client certificate, request buffering off): our proxy's cost is the gap to nginx's.
+client certificate, request buffering off): our proxy's cost is the gap to nginx's. It also
+times nginx in the upload server's place (WebDAV PUT to a file: TLS and the write in C), alone
+and behind the nginx relay, the whole path with no Python on it.
 
     .venv/bin/python bench/upload.py [--size-mib 4096] [--repeat 1] [--verify] [--client] [--hops]
 """
@@ -81,8 +83,9 @@ class Pki:
         self.key = tokens.generate_key()
 
 
-def curl(url: str, file: Path, ca: Path, *headers: str, cert: tuple[Path, Path] | None = None) -> float:
-    args = ["curl", "-sS", "-f", "-o", "/dev/null", "--cacert", str(ca), "-X", "POST", "-T", str(file)]
+def curl(url: str, file: Path, ca: Path, *headers: str, cert: tuple[Path, Path] | None = None,
+         method: str = "POST") -> float:
+    args = ["curl", "-sS", "-f", "-o", "/dev/null", "--cacert", str(ca), "-X", method, "-T", str(file)]
     if cert:
         args += ["--cert", str(cert[0]), "--key", str(cert[1])]
     for header in headers:
@@ -202,8 +205,9 @@ class Bench:
         wait_listening(self.server_port)
         return process
 
-    def start_nginx_relay(self) -> tuple[subprocess.Popen[bytes], int]:
-        """nginx in our proxy's place: TLS in, mutual TLS out to the upload server, unbuffered."""
+    def start_nginx_relay(self, upstream: int | None = None) -> tuple[subprocess.Popen[bytes], int]:
+        """nginx in our proxy's place: TLS in, mutual TLS out to the upload server (or to
+        ``upstream``), unbuffered."""
         port, prefix = free_port(), self.work / "nginx"
         (prefix / "logs").mkdir(parents=True, exist_ok=True)
         pki = self.pki
@@ -217,7 +221,7 @@ http {{
     listen 127.0.0.1:{port} ssl; ssl_certificate {pki.proxy.cert}; ssl_certificate_key {pki.proxy.key};
     client_max_body_size 0; proxy_request_buffering off; proxy_buffering off; proxy_http_version 1.1;
     location / {{
-      proxy_pass https://127.0.0.1:{self.server_port};
+      proxy_pass https://127.0.0.1:{upstream or self.server_port};
       proxy_ssl_certificate {pki.client.cert}; proxy_ssl_certificate_key {pki.client.key};
       proxy_ssl_trusted_certificate {pki.ca}; proxy_ssl_verify on; proxy_ssl_name localhost;
       proxy_read_timeout 1h; proxy_send_timeout 1h;
@@ -228,6 +232,32 @@ http {{
         (prefix / "nginx.conf").write_text(conf)
         process = subprocess.Popen(["nginx", "-c", str(prefix / "nginx.conf"), "-p", str(prefix)],
                                    stderr=open(self.work / "nginx.log", "ab"))
+        wait_listening(port)
+        return process, port
+
+    def start_nginx_file_server(self, volume: Path) -> tuple[subprocess.Popen[bytes], int]:
+        """nginx in the upload server's place: TLS in, the body written to a file under
+        ``volume`` (WebDAV PUT: a temporary file, renamed when complete). A reference for the
+        server hop written in C; it writes every byte, zeros included, and does not fsync."""
+        port, prefix = free_port(), self.work / "nginx-file"
+        (prefix / "logs").mkdir(parents=True, exist_ok=True)
+        (volume / "tmp").mkdir(parents=True, exist_ok=True)
+        conf = f"""
+daemon off; master_process off; worker_processes 1; pid {prefix}/nginx.pid;
+error_log {prefix}/logs/error.log warn;
+events {{ worker_connections 64; }}
+http {{
+  access_log off;
+  server {{
+    listen 127.0.0.1:{port} ssl; ssl_certificate {self.pki.server.cert}; ssl_certificate_key {self.pki.server.key};
+    client_max_body_size 0; client_body_buffer_size 2m; client_body_temp_path {volume}/tmp;
+    location / {{ root {volume}; dav_methods PUT; create_full_put_path on; }}
+  }}
+}}
+"""
+        (prefix / "nginx.conf").write_text(conf)
+        process = subprocess.Popen(["nginx", "-c", str(prefix / "nginx.conf"), "-p", str(prefix)],
+                                   stderr=open(self.work / "nginx-file.log", "ab"))
         wait_listening(port)
         return process, port
 
@@ -265,6 +295,8 @@ NGINX_PATH = "curl -T -> proxy (nginx data path) -> server"
 PYTHON_PATH = "curl -T -> proxy (python data path) -> server"
 DIRECT = "curl -T -> upload server (no proxy)"
 NGINX_RELAY = "curl -T -> nginx relay -> upload server"
+NGINX_FILE = "curl -T -> nginx writing a file (C server hop)"
+ALL_C = "curl -T -> nginx relay -> nginx file (all C)"
 
 
 def run(work: Path, size: int, args: argparse.Namespace) -> None:
@@ -346,6 +378,26 @@ def time_hops(bench: Bench, work: Path, source: Path, times: dict[str, list[floa
     finally:
         nginx.terminate()
         nginx.wait(10)
+    time_c_references(bench, work, source, times)
+
+
+def time_c_references(bench: Bench, work: Path, source: Path, times: dict[str, list[float]]) -> None:
+    """The same uploads with nginx in the upload server's place (a TLS server in C that writes
+    the body to a file), alone and behind the nginx relay: what the hops cost when no Python
+    is on the data path."""
+    for name, relayed in ((ALL_C, True), (NGINX_FILE, False)):
+        drop(work / "volume")
+        server, server_port = bench.start_nginx_file_server(work / "volume")
+        relay, port = bench.start_nginx_relay(server_port) if relayed else (None, server_port)
+        try:
+            times.setdefault(name, []).append(measured(name, lambda: curl(
+                f"https://127.0.0.1:{port}/v1beta1/disk.img", source, bench.pki.ca, method="PUT"),
+                relay=relay.pid if relay else None, sink=server.pid))
+        finally:
+            for process in (relay, server):
+                if process is not None:
+                    process.terminate()
+                    process.wait(10)
 
 
 def report(size: int, times: dict[str, list[float]], committed: list[float], client: list[float]) -> None:
