@@ -134,3 +134,17 @@ def lookahead_read_at(peek: "Callable[[int], bytes]", limit: int | None = None) 
             raise Unstreamable(f"bytes up to {end} are beyond the {bound} a stream looks ahead")
         return peek(end)[offset:end]
     return read_at
+
+
+Planner = Callable[[ReadAt, int | None, int], StreamPlan | None]
+"""A format's planner: (read_at, file size or None for a stream, look-ahead bytes)."""
+
+
+def plan_or_none(plan: Planner, read_at: ReadAt, size: int | None,
+                 lookahead: int | None) -> StreamPlan | None:
+    """``plan``'s answer, or ``None`` (qemu-img converts the image) where it raised
+    :class:`Unstreamable`; ``lookahead`` defaults to :data:`LOOKAHEAD`, read at call time."""
+    try:
+        return plan(read_at, size, LOOKAHEAD if lookahead is None else lookahead)
+    except Unstreamable:
+        return None

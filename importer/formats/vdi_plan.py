@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from ..errors import InvalidImage
 from . import runs
-from .runs import RunFolder, StreamPlan, Unstreamable
+from .runs import RunFolder, StreamPlan
 from .tables import ReadAt, read_exact, require_within, table_slices
 from .vdi import FREE, HEADER_BYTES, TYPE_FIXED, parse_header
 
@@ -25,10 +25,7 @@ from .vdi import FREE, HEADER_BYTES, TYPE_FIXED, parse_header
 def plan_vdi(read_at: ReadAt, size: int | None, lookahead: int | None = None) -> StreamPlan | None:
     """The single-pass plan for the VDI that ``read_at`` reads, or ``None`` when it needs
     ``qemu-img``; ``size`` and ``lookahead`` as for :func:`~.vmdk_plan.plan_vmdk`."""
-    try:
-        return _plan(read_at, size, runs.LOOKAHEAD if lookahead is None else lookahead)
-    except Unstreamable:
-        return None
+    return runs.plan_or_none(_plan, read_at, size, lookahead)
 
 
 def _plan(read_at: ReadAt, size: int | None, lookahead: int) -> StreamPlan | None:

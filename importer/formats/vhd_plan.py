@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from ..errors import InvalidImage
 from . import runs
-from .runs import RunFolder, StreamPlan, Unstreamable
+from .runs import RunFolder, StreamPlan
 from .tables import ReadAt, read_exact, require_within, table_slices
 from .vhd import DYNAMIC, SECTOR, UNALLOCATED, parse_dynamic, parse_footer
 
@@ -27,10 +27,7 @@ from .vhd import DYNAMIC, SECTOR, UNALLOCATED, parse_dynamic, parse_footer
 def plan_vhd(read_at: ReadAt, size: int | None, lookahead: int | None = None) -> StreamPlan | None:
     """The single-pass plan for the dynamic VHD that ``read_at`` reads, or ``None`` when it
     needs ``qemu-img``; ``size`` and ``lookahead`` as for :func:`~.vmdk_plan.plan_vmdk`."""
-    try:
-        return _plan(read_at, size, runs.LOOKAHEAD if lookahead is None else lookahead)
-    except Unstreamable:
-        return None
+    return runs.plan_or_none(_plan, read_at, size, lookahead)
 
 
 def _plan(read_at: ReadAt, size: int | None, lookahead: int) -> StreamPlan | None:

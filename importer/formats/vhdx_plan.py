@@ -31,7 +31,7 @@ from array import array
 
 from ..errors import InvalidImage
 from . import runs
-from .runs import RunFolder, StreamPlan, Unstreamable
+from .runs import RunFolder, StreamPlan
 from .tables import ReadAt, require_within
 from .vhdx import FULLY_PRESENT, PARTIALLY_PRESENT, Layout, allocated, parse_layout
 
@@ -49,10 +49,7 @@ def plan_vhdx(read_at: ReadAt, size: int | None,
               lookahead: int | None = None) -> StreamPlan | None:
     """The single-pass plan for the VHDX that ``read_at`` reads, or ``None`` when it needs
     ``qemu-img``; ``size`` and ``lookahead`` as for :func:`~.vmdk_plan.plan_vmdk`."""
-    try:
-        return _plan(read_at, size, runs.LOOKAHEAD if lookahead is None else lookahead)
-    except Unstreamable:
-        return None
+    return runs.plan_or_none(_plan, read_at, size, lookahead)
 
 
 def _plan(read_at: ReadAt, size: int | None, lookahead: int) -> StreamPlan | None:

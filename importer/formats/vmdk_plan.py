@@ -50,10 +50,7 @@ def plan_vmdk(read_at: ReadAt, size: int | None, lookahead: int | None = None) -
     ``qemu-img``. ``size`` is the file's length when known (random access); a stream passes
     ``None`` and a ``read_at`` over the first ``lookahead`` bytes, which raises
     :class:`Unstreamable` for anything further."""
-    try:
-        return _plan(read_at, size, runs.LOOKAHEAD if lookahead is None else lookahead)
-    except Unstreamable:
-        return None
+    return runs.plan_or_none(_plan, read_at, size, lookahead)
 
 
 def _plan(read_at: ReadAt, size: int | None, lookahead: int) -> StreamPlan | None:
