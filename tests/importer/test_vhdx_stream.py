@@ -41,6 +41,7 @@ from importer.formats import vhdx_plan
 from importer.formats.crc32c import with_checksum_zeroed
 from tests.importer.test_vmdk_stream import SIZE, _expect_refused, _make_disk, _sha256
 from tests.servers.badserver import BadServer
+from tests.servers.images import raw_digest
 from tests.servers.nginx import Nginx, start_nginx
 from tests.servers.pki import TestCA
 
@@ -67,14 +68,6 @@ class Served:
     """sha256 of the raw disk, which ``qemu-img convert -O raw`` of every image matches."""
 
 
-def qemu_raw(image: Path, out: Path) -> str:
-    subprocess.run(["qemu-img", "convert", "-f", "vhdx", "-O", "raw", str(image), str(out)], check=True)
-    try:
-        return _sha256(out)
-    finally:
-        out.unlink()
-
-
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory, test_ca: TestCA) -> Iterator[Served]:
     root = tmp_path_factory.mktemp("vhdx")
@@ -94,7 +87,7 @@ def served(tmp_path_factory: pytest.TempPathFactory, test_ca: TestCA) -> Iterato
                    check=True)
     digest = _sha256(raw)
     for name in MADE:
-        assert qemu_raw(www / name, root / "ref.raw") == digest, name
+        assert raw_digest(www / name, "vhdx")[0] == digest, name
     nginx = start_nginx(www, root / "nginx", test_ca)
     plain = BadServer(www).start()
     try:
@@ -242,7 +235,7 @@ def reversed_blocks(image: bytes) -> bytes:
 def test_blocks_out_of_disk_order_stream_sorted(served: Served, tmp_path: Path, where: str) -> None:
     image = reversed_blocks((served.www / "dynamic-1m.vhdx").read_bytes())
     (served.www / "reversed.vhdx").write_bytes(image)
-    assert qemu_raw(served.www / "reversed.vhdx", tmp_path / "ref.raw") == served.digest
+    assert raw_digest(served.www / "reversed.vhdx", "vhdx")[0] == served.digest
     result = cdi.import_image(_source(served, "reversed.vhdx", where), tmp_path / "disk.img")
     assert result.route == "stream-vhdx" and result.bytes_received == len(image)
     assert _sha256(tmp_path / "disk.img") == served.digest

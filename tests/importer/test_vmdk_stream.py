@@ -33,6 +33,7 @@ import pytest
 
 import cdi
 from importer.formats import runs, vmdk
+from tests.servers.images import raw_digest
 from tests.servers.nginx import Nginx, start_nginx
 from tests.servers.pki import TestCA
 from tests.servers.vmdk_craft import GRAIN, gte_offsets, header, put, swap_first_grains
@@ -78,15 +79,6 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def qemu_raw_digest(image: Path, tmp: Path) -> str:
-    out = tmp / f"{image.name}.ref.raw"
-    subprocess.run(["qemu-img", "convert", "-f", "vmdk", "-O", "raw", str(image), str(out)], check=True)
-    try:
-        return _sha256(out)
-    finally:
-        out.unlink()
-
-
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory, test_ca: TestCA) -> Iterator[Served]:
     root = tmp_path_factory.mktemp("vmdk")
@@ -98,7 +90,7 @@ def served(tmp_path_factory: pytest.TempPathFactory, test_ca: TestCA) -> Iterato
         subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "vmdk", *options, str(raw),
                         str(www / f"{name}.vmdk")], check=True)
         (www / f"{name}.vmdk.gz").write_bytes(gzip.compress((www / f"{name}.vmdk").read_bytes(), 1))
-        assert qemu_raw_digest(www / f"{name}.vmdk", root) == _sha256(raw)
+        assert raw_digest(www / f"{name}.vmdk", "vmdk")[0] == _sha256(raw)
     nginx = start_nginx(www, root / "nginx", test_ca)
     try:
         yield Served(www, nginx, data, _sha256(raw))
