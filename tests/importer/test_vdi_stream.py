@@ -24,7 +24,8 @@ from typing import Callable, Iterator
 import pytest
 
 import cdi
-from tests.importer.test_vmdk_stream import SIZE, _expect_refused, _make_disk, _sha256
+from tests.importer.stream_disks import SIZE, disk_dir, expect_refused
+from tests.servers.images import raw_digest, sha256_file
 from tests.servers.nginx import Nginx, start_nginx
 from tests.servers.pki import TestCA
 
@@ -41,22 +42,17 @@ class Served:
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory, test_ca: TestCA) -> Iterator[Served]:
-    root = tmp_path_factory.mktemp("vdi")
-    www = root / "www"
-    www.mkdir()
-    raw = root / "disk.raw"
-    data = _make_disk(raw)
+    disk = disk_dir(tmp_path_factory, "vdi")
+    root, www, raw, data = disk.root, disk.www, disk.raw, disk.data_bytes
     for name, options in (("dynamic", []), ("fixed", ["-o", "static=on"])):
         image = www / f"{name}.vdi"
         subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "vdi", *options, str(raw), str(image)],
                        check=True)
         (www / f"{name}.vdi.gz").write_bytes(gzip.compress(image.read_bytes(), 1))
-        reference = root / f"{name}.ref.raw"
-        subprocess.run(["qemu-img", "convert", "-f", "vdi", "-O", "raw", str(image), str(reference)], check=True)
-        assert _sha256(reference) == _sha256(raw)
+        assert raw_digest(image, "vdi")[0] == sha256_file(raw)
     nginx = start_nginx(www, root / "nginx", test_ca)
     try:
-        yield Served(www, nginx, data, _sha256(raw))
+        yield Served(www, nginx, data, sha256_file(raw))
     finally:
         nginx.stop()
 
@@ -68,7 +64,7 @@ def test_imports_like_qemu_img(served: Served, tmp_path: Path, name: str, where:
     target = tmp_path / "disk.img"
     result = cdi.import_image(source, target)
     assert result.route == "stream-vdi"
-    assert _sha256(target) == served.digest
+    assert sha256_file(target) == served.digest
     assert result.virtual_size == SIZE and result.scratch_bytes == 0
     assert result.bytes_received == (served.www / name).stat().st_size
     assert result.bytes_written <= served.data_bytes * 1.01
@@ -99,7 +95,7 @@ def test_blocks_out_of_order_keep_the_qemu_route(served: Served, tmp_path: Path)
     local.write_bytes(image)
     result = cdi.import_image(str(local), tmp_path / "out" / "disk.img")
     assert result.route == "qemu-local"
-    assert _sha256(tmp_path / "out" / "disk.img") == served.digest
+    assert sha256_file(tmp_path / "out" / "disk.img") == served.digest
 
 
 Edit = Callable[[bytearray], bytearray]
@@ -138,4 +134,4 @@ def test_hostile_images(served: Served, tmp_path: Path, name: str) -> None:
     (served.www / served_name).write_bytes(image)
     (served.www / f"{served_name}.gz").write_bytes(gzip.compress(bytes(image), 1))
     for n, url in enumerate((f"{served.nginx.http}/{served_name}", f"{served.nginx.http}/{served_name}.gz")):
-        _expect_refused(url, tmp_path / str(n), match)
+        expect_refused(url, tmp_path / str(n), match)

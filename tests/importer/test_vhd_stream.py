@@ -26,7 +26,8 @@ import pytest
 
 import cdi
 from importer.formats.vhd import footer_checksum
-from tests.importer.test_vmdk_stream import _expect_refused, _make_disk, _sha256
+from tests.importer.stream_disks import disk_dir, expect_refused
+from tests.servers.images import raw_digest, sha256_file
 from tests.servers.nginx import Nginx, start_nginx
 from tests.servers.pki import TestCA
 
@@ -46,19 +47,15 @@ class Served:
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory, test_ca: TestCA) -> Iterator[Served]:
-    root = tmp_path_factory.mktemp("vhd")
-    www = root / "www"
-    www.mkdir()
-    raw = root / "disk.raw"
-    data = _make_disk(raw)
+    disk = disk_dir(tmp_path_factory, "vhd")
+    root, www, raw, data = disk.root, disk.www, disk.raw, disk.data_bytes
     image = www / "disk.vhd"
     subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "vpc", str(raw), str(image)], check=True)
     (www / "disk.vhd.gz").write_bytes(gzip.compress(image.read_bytes(), 1))
-    reference = root / "ref.raw"
-    subprocess.run(["qemu-img", "convert", "-f", "vpc", "-O", "raw", str(image), str(reference)], check=True)
+    digest, size = raw_digest(image, "vpc")
     nginx = start_nginx(www, root / "nginx", test_ca)
     try:
-        yield Served(www, nginx, data, _sha256(reference), reference.stat().st_size)
+        yield Served(www, nginx, data, digest, size)
     finally:
         nginx.stop()
 
@@ -70,7 +67,7 @@ def test_imports_like_qemu_img(served: Served, tmp_path: Path, name: str, where:
     target = tmp_path / "disk.img"
     result = cdi.import_image(source, target)
     assert result.route == "stream-vhd"
-    assert _sha256(target) == served.digest
+    assert sha256_file(target) == served.digest
     assert result.virtual_size == served.size and result.scratch_bytes == 0
     assert result.bytes_received == (served.www / name).stat().st_size
     assert result.bytes_written <= served.data_bytes * 1.01
@@ -106,7 +103,7 @@ def test_blocks_out_of_order_keep_the_qemu_route(served: Served, tmp_path: Path)
     struct.pack_into(">I", image, table + 4 * b, entries[a])
     result = _local_import(bytes(image), tmp_path)
     assert result.route == "qemu-local"
-    assert _sha256(tmp_path / "out" / "disk.img") == served.digest
+    assert sha256_file(tmp_path / "out" / "disk.img") == served.digest
 
 
 def test_size_field_off_the_geometry_keeps_the_qemu_route(served: Served, tmp_path: Path) -> None:
@@ -118,7 +115,7 @@ def test_size_field_off_the_geometry_keeps_the_qemu_route(served: Served, tmp_pa
     reference = tmp_path / "ref.raw"
     subprocess.run(["qemu-img", "convert", "-f", "vpc", "-O", "raw", str(tmp_path / "edited.vhd"),
                     str(reference)], check=True)
-    assert _sha256(tmp_path / "out" / "disk.img") == _sha256(reference)
+    assert sha256_file(tmp_path / "out" / "disk.img") == sha256_file(reference)
 
 
 Edit = Callable[[bytearray], bytearray]
@@ -160,4 +157,4 @@ def test_hostile_images(served: Served, tmp_path: Path, name: str) -> None:
     (served.www / served_name).write_bytes(image)
     (served.www / f"{served_name}.gz").write_bytes(gzip.compress(bytes(image), 1))
     for n, url in enumerate((f"{served.nginx.http}/{served_name}", f"{served.nginx.http}/{served_name}.gz")):
-        _expect_refused(url, tmp_path / str(n), match)
+        expect_refused(url, tmp_path / str(n), match)

@@ -39,9 +39,9 @@ import pytest
 import cdi
 from importer.formats import vhdx_plan
 from importer.formats.crc32c import with_checksum_zeroed
-from tests.importer.test_vmdk_stream import SIZE, _expect_refused, _make_disk, _sha256
+from tests.importer.stream_disks import SIZE, disk_dir, expect_refused
 from tests.servers.badserver import BadServer
-from tests.servers.images import raw_digest
+from tests.servers.images import raw_digest, sha256_file
 from tests.servers.nginx import Nginx, start_nginx
 from tests.servers.pki import TestCA
 
@@ -70,11 +70,8 @@ class Served:
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory, test_ca: TestCA) -> Iterator[Served]:
-    root = tmp_path_factory.mktemp("vhdx")
-    www = root / "www"
-    www.mkdir()
-    raw = root / "disk.raw"
-    data = _make_disk(raw)
+    disk = disk_dir(tmp_path_factory, "vhdx")
+    root, www, raw, data = disk.root, disk.www, disk.raw, disk.data_bytes
     for name, options in MADE.items():
         subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "vhdx", *options, str(raw), str(www / name)],
                        check=True)
@@ -85,7 +82,7 @@ def served(tmp_path_factory: pytest.TempPathFactory, test_ca: TestCA) -> Iterato
         (www / f"{name}.gz").write_bytes(gzip.compress((www / name).read_bytes(), 1))
     subprocess.run(["zstd", "-q", "-3", str(www / "dynamic-32m.vhdx"), "-o", str(www / "dynamic-32m.vhdx.zst")],
                    check=True)
-    digest = _sha256(raw)
+    digest = sha256_file(raw)
     for name in MADE:
         assert raw_digest(www / name, "vhdx")[0] == digest, name
     nginx = start_nginx(www, root / "nginx", test_ca)
@@ -173,7 +170,7 @@ def test_imports_like_qemu_img(served: Served, tmp_path: Path, name: str, where:
     target = tmp_path / "disk.img"
     result = cdi.import_image(_source(served, name, where), target)
     assert result.route == "stream-vhdx"
-    assert _sha256(target) == served.digest
+    assert sha256_file(target) == served.digest
     assert result.virtual_size == SIZE and result.scratch_bytes == 0
     assert result.bytes_received == (served.www / name).stat().st_size
     assert result.bytes_written <= served.data_bytes * 1.01
@@ -196,13 +193,13 @@ def test_block_table_with_sector_bitmap_entries(served: Served, tmp_path: Path) 
                    check=True)
     try:
         assert bat(image.read_bytes()[:8 * MiB])[1][4096] == 0  # the bitmap entry: none here
-        digest = _sha256(raw)
+        digest = sha256_file(raw)
         raw.unlink()
         for n, source in enumerate((str(image), f"{served.nginx.http}/big.vhdx")):
             target = tmp_path / f"disk{n}.img"
             result = cdi.import_image(source, target)
             assert result.route == "stream-vhdx"
-            assert _sha256(target) == digest
+            assert sha256_file(target) == digest
             target.unlink()
     finally:
         image.unlink()
@@ -238,7 +235,7 @@ def test_blocks_out_of_disk_order_stream_sorted(served: Served, tmp_path: Path, 
     assert raw_digest(served.www / "reversed.vhdx", "vhdx")[0] == served.digest
     result = cdi.import_image(_source(served, "reversed.vhdx", where), tmp_path / "disk.img")
     assert result.route == "stream-vhdx" and result.bytes_received == len(image)
-    assert _sha256(tmp_path / "disk.img") == served.digest
+    assert sha256_file(tmp_path / "disk.img") == served.digest
 
 
 def test_more_blocks_out_of_order_than_sorted_keep_the_qemu_route(served: Served, tmp_path: Path,
@@ -246,7 +243,7 @@ def test_more_blocks_out_of_order_than_sorted_keep_the_qemu_route(served: Served
     monkeypatch.setattr(vhdx_plan, "MAX_SORTED", 4)
     result, _ = _local_import(reversed_blocks((served.www / "dynamic-1m.vhdx").read_bytes()), tmp_path)
     assert result.route == "qemu-local"
-    assert _sha256(tmp_path / "out" / "disk.img") == served.digest
+    assert sha256_file(tmp_path / "out" / "disk.img") == served.digest
 
 
 @pytest.mark.parametrize("where", ["local", "http"])
@@ -255,7 +252,7 @@ def test_a_log_guid_without_a_log_entry_keeps_the_qemu_route(served: Served, tmp
     (served.www / "log-guid.vhdx").write_bytes(image)
     result = cdi.import_image(_source(served, "log-guid.vhdx", where), tmp_path / "disk.img")
     assert result.route == ("qemu-local" if where == "local" else "qemu-nbd")
-    assert _sha256(tmp_path / "disk.img") == served.digest
+    assert sha256_file(tmp_path / "disk.img") == served.digest
 
 
 # -- hostile images --------------------------------------------------------------------------------
@@ -332,7 +329,7 @@ def test_hostile_images(served: Served, tmp_path: Path, name: str) -> None:
     served_name = f"evil-{name.replace(' ', '-').replace(',', '')}.vhdx"
     (served.www / served_name).write_bytes(image)
     (served.www / f"{served_name}.gz").write_bytes(gzip.compress(bytes(image), 1))
-    _expect_refused(str(served.www / served_name), tmp_path / "local", match)
-    _expect_refused(f"{served.nginx.http}/{served_name}", tmp_path / "http", match)
-    _expect_refused(f"{served.nginx.http}/{served_name}.gz", tmp_path / "gz", match,
+    expect_refused(str(served.www / served_name), tmp_path / "local", match)
+    expect_refused(f"{served.nginx.http}/{served_name}", tmp_path / "http", match)
+    expect_refused(f"{served.nginx.http}/{served_name}.gz", tmp_path / "gz", match,
                     scratch_dir=tmp_path / "scratch")

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import random
 import struct
 import subprocess
 import zlib
@@ -33,13 +32,13 @@ import pytest
 
 import cdi
 from importer.formats import runs, vmdk
-from tests.servers.images import raw_digest
+from tests.importer.stream_disks import SIZE, disk_dir, expect_refused
+from tests.servers.images import raw_digest, sha256_file
 from tests.servers.nginx import Nginx, start_nginx
 from tests.servers.pki import TestCA
 from tests.servers.vmdk_craft import GRAIN, gte_offsets, header, put, swap_first_grains
 
 MiB = 1 << 20
-SIZE = 40 * MiB + 12 * 1024  # the last grain is partial
 
 
 @dataclass(frozen=True)
@@ -52,48 +51,18 @@ class Served:
     """sha256 of the raw disk (what qemu-img convert -O raw makes of every image here)."""
 
 
-def _make_disk(path: Path) -> int:
-    rng = random.Random(29)
-    data = 0
-    with open(path, "wb") as out:
-        out.truncate(SIZE)
-        offset = 5000
-        while offset < SIZE - 3 * MiB:
-            length = rng.choice([4096, 70_000, 300_000, MiB + 123])
-            out.seek(offset)
-            out.write(bytes(length) if rng.random() < 0.2 else rng.randbytes(length))
-            offset += length + rng.choice([0, 4096, 65536, 2 * MiB])
-        out.seek(SIZE - 9000)
-        out.write(rng.randbytes(9000))
-    with open(path, "rb") as raw:
-        while block := raw.read(4096):
-            data += 4096 if any(block) else 0
-    return data
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(4 * MiB):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory, test_ca: TestCA) -> Iterator[Served]:
-    root = tmp_path_factory.mktemp("vmdk")
-    www = root / "www"
-    www.mkdir()
-    raw = root / "disk.raw"
-    data = _make_disk(raw)
+    disk = disk_dir(tmp_path_factory, "vmdk")
+    root, www, raw = disk.root, disk.www, disk.raw
     for name, options in (("sparse", []), ("stream", ["-o", "subformat=streamOptimized"])):
         subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "vmdk", *options, str(raw),
                         str(www / f"{name}.vmdk")], check=True)
         (www / f"{name}.vmdk.gz").write_bytes(gzip.compress((www / f"{name}.vmdk").read_bytes(), 1))
-        assert raw_digest(www / f"{name}.vmdk", "vmdk")[0] == _sha256(raw)
+        assert raw_digest(www / f"{name}.vmdk", "vmdk")[0] == sha256_file(raw)
     nginx = start_nginx(www, root / "nginx", test_ca)
     try:
-        yield Served(www, nginx, data, _sha256(raw))
+        yield Served(www, nginx, disk.data_bytes, sha256_file(raw))
     finally:
         nginx.stop()
 
@@ -105,7 +74,7 @@ def test_imports_like_qemu_img(served: Served, tmp_path: Path, name: str, where:
     target = tmp_path / "disk.img"
     result = cdi.import_image(source, target)
     assert result.route == "stream-vmdk"
-    assert _sha256(target) == served.digest
+    assert sha256_file(target) == served.digest
     assert result.virtual_size == SIZE and result.scratch_bytes == 0
     assert result.bytes_received == (served.www / name).stat().st_size  # each byte read once
     assert result.bytes_written <= served.data_bytes * 1.01
@@ -124,11 +93,11 @@ def test_block_device_holes_read_as_zeros(served: Served, loop_device: Path, nam
 
 
 def test_checksum_over_the_stream(served: Served, tmp_path: Path) -> None:
-    digest = _sha256(served.www / "stream.vmdk")
+    digest = sha256_file(served.www / "stream.vmdk")
     result = cdi.import_image(f"{served.nginx.http}/stream.vmdk", tmp_path / "d.img",
                               checksum=f"sha256:{digest}")
     assert result.route == "stream-vmdk" and result.checksum == f"sha256:{digest}"
-    assert _sha256(tmp_path / "d.img") == served.digest
+    assert sha256_file(tmp_path / "d.img") == served.digest
 
 
 # -- helpers for hand-edited images ----------------------------------------------------------
@@ -154,11 +123,11 @@ def test_grains_out_of_order_keep_the_qemu_route(served: Served, tmp_path: Path)
     (served.www / "swapped.vmdk.gz").write_bytes(gzip.compress(bytes(image), 1))
     result = cdi.import_image(str(local), tmp_path / "a" / "disk.img")
     assert result.route == "qemu-local"
-    assert _sha256(tmp_path / "a" / "disk.img") == served.digest
+    assert sha256_file(tmp_path / "a" / "disk.img") == served.digest
     result = cdi.import_image(f"{served.nginx.http}/swapped.vmdk.gz", tmp_path / "b" / "disk.img",
                               scratch_dir=tmp_path / "scratch")
     assert result.route == "qemu-scratch"
-    assert _sha256(tmp_path / "b" / "disk.img") == served.digest
+    assert sha256_file(tmp_path / "b" / "disk.img") == served.digest
 
 
 def test_tables_beyond_the_lookahead_keep_the_qemu_route(served: Served, tmp_path: Path,
@@ -167,7 +136,7 @@ def test_tables_beyond_the_lookahead_keep_the_qemu_route(served: Served, tmp_pat
     result = cdi.import_image(f"{served.nginx.http}/sparse.vmdk.gz", tmp_path / "d.img",
                               scratch_dir=tmp_path / "scratch")
     assert result.route == "qemu-scratch"
-    assert _sha256(tmp_path / "d.img") == served.digest
+    assert sha256_file(tmp_path / "d.img") == served.digest
 
 
 # -- hostile images ----------------------------------------------------------------------------
@@ -238,25 +207,16 @@ def _metadata_marker(image: bytearray, kind: int) -> bytearray:
     return image
 
 
-def _expect_refused(source: str, tmp_path: Path, match: str, **options: object) -> None:
-    target = tmp_path / "vol"
-    target.mkdir(parents=True)
-    with pytest.raises(cdi.PermanentError, match=match) as caught:
-        cdi.import_image(source, target, **options)  # type: ignore[arg-type]
-    assert type(caught.value).__name__ in ("InvalidImage", "ImageTooLarge"), caught.value
-    assert list(target.iterdir()) == []  # aborted: no disk.img, no partial file
-
-
 @pytest.mark.parametrize("name", sorted(HOSTILE_SPARSE))
 def test_hostile_sparse_images(served: Served, tmp_path: Path, name: str) -> None:
     edit, match = HOSTILE_SPARSE[name]
     image = edit(bytearray((served.www / "sparse.vmdk").read_bytes()))
     local = tmp_path / "evil.vmdk"
     local.write_bytes(image)
-    _expect_refused(str(local), tmp_path, match)
+    expect_refused(str(local), tmp_path, match)
     served_name = f"evil-sparse-{name.replace(' ', '-')}.vmdk.gz"
     (served.www / served_name).write_bytes(gzip.compress(bytes(image), 1))
-    _expect_refused(f"{served.nginx.http}/{served_name}", tmp_path / "http", match,
+    expect_refused(f"{served.nginx.http}/{served_name}", tmp_path / "http", match,
                     scratch_dir=tmp_path / "scratch")
 
 
@@ -267,7 +227,7 @@ def test_hostile_stream_optimized_images(served: Served, tmp_path: Path, name: s
     image = edit(bytearray(original))
     served_name = f"evil-stream-{name.replace(' ', '-')}.vmdk"
     (served.www / served_name).write_bytes(image)
-    _expect_refused(f"{served.nginx.http}/{served_name}", tmp_path, match)
+    expect_refused(f"{served.nginx.http}/{served_name}", tmp_path, match)
 
 
 def test_cut_short_at_a_grain_boundary_is_truncated_without_tables_in_front(
@@ -279,4 +239,4 @@ def test_cut_short_at_a_grain_boundary_is_truncated_without_tables_in_front(
     image = image[:markers(bytes(image))[-1][0]]
     served_name = "evil-stream-gd-at-end.vmdk.gz"
     (served.www / served_name).write_bytes(gzip.compress(bytes(image), 1))
-    _expect_refused(f"{served.nginx.http}/{served_name}", tmp_path, "end-of-stream marker")
+    expect_refused(f"{served.nginx.http}/{served_name}", tmp_path, "end-of-stream marker")
