@@ -128,30 +128,29 @@ def main() -> None:
     out = work / "out.img"
     scratch = work / "scratch.img"
     durable = f" && sync {out}"  # ours fsyncs before reporting success; theirs must too
-    cases = {
-        "raw": (f"curl -sf -o {out} {base}/disk.raw" + durable,
-                [cdi, "import", f"{base}/disk.raw", str(out), "--no-progress"]),
-        "raw.zst": (f"curl -sf {base}/disk.raw.zst | zstd -q -d -o {out}" + durable,
-                    [cdi, "import", f"{base}/disk.raw.zst", str(out), "--no-progress"]),
-        "raw.zst-cdi": (f"curl -sf {base}/disk.raw.zst | zstd -q -d -o {scratch} && qemu-img convert -t writeback -f raw -O raw {scratch} {out}" + durable,
-                        [cdi, "import", f"{base}/disk.raw.zst", str(out), "--no-progress"]),
-        "qcow2": (f"curl -sf -o {scratch} {base}/disk.qcow2 && qemu-img convert -t writeback -f qcow2 -O raw {scratch} {out}" + durable,
-                  [cdi, "import", f"{base}/disk.qcow2", str(out), "--no-progress"]),
-        "vmdk": (f"curl -sf -o {scratch} {base}/disk.vmdk && qemu-img convert -t writeback -f vmdk -O raw {scratch} {out}" + durable,
-                 [cdi, "import", f"{base}/disk.vmdk", str(out), "--no-progress"]),
-        "vmdk-stream": (f"curl -sf -o {scratch} {base}/disk-stream.vmdk && qemu-img convert -t writeback -f vmdk -O raw {scratch} {out}" + durable,
-                        [cdi, "import", f"{base}/disk-stream.vmdk", str(out), "--no-progress"]),
-        "vdi": (f"curl -sf -o {scratch} {base}/disk.vdi && qemu-img convert -t writeback -f vdi -O raw {scratch} {out}" + durable,
-                [cdi, "import", f"{base}/disk.vdi", str(out), "--no-progress"]),
-        "vhd": (f"curl -sf -o {scratch} {base}/disk.vhd && qemu-img convert -t writeback -f vpc -O raw {scratch} {out}" + durable,
-                [cdi, "import", f"{base}/disk.vhd", str(out), "--no-progress"]),
-        "vhdx": (f"curl -sf -o {scratch} {base}/disk.vhdx && qemu-img convert -t writeback -f vhdx -O raw {scratch} {out}" + durable,
-                 [cdi, "import", f"{base}/disk.vhdx", str(out), "--no-progress"]),
-        "raw.gz": (f"curl -sf {base}/disk.raw.gz | gzip -d > {scratch} && qemu-img convert -t writeback -f raw -O raw {scratch} {out}" + durable,
-                   [cdi, "import", f"{base}/disk.raw.gz", str(out), "--no-progress"]),
-        "qcow2.xz": (f"curl -sf {base}/disk.qcow2.xz | xz -d > {scratch} && qemu-img convert -t writeback -f qcow2 -O raw {scratch} {out}" + durable,
-                     [cdi, "import", f"{base}/disk.qcow2.xz", str(out), "--no-progress"]),
+
+    def cdi_path(file: str, fmt: str, decompress_to: str = "") -> str:
+        """CDI's HTTP path: the download (decompressed on the way by ``decompress_to``, which
+        names its output last) to scratch, then a convert."""
+        fetch = f"curl -sf {base}/{file} | {decompress_to} {scratch}" if decompress_to \
+            else f"curl -sf -o {scratch} {base}/{file}"
+        return f"{fetch} && qemu-img convert -t writeback -f {fmt} -O raw {scratch} {out}" + durable
+
+    theirs = {  # case: (what a user or CDI would run, the file our import reads)
+        "raw": (f"curl -sf -o {out} {base}/disk.raw" + durable, "disk.raw"),
+        "raw.zst": (f"curl -sf {base}/disk.raw.zst | zstd -q -d -o {out}" + durable, "disk.raw.zst"),
+        "raw.zst-cdi": (cdi_path("disk.raw.zst", "raw", "zstd -q -d -o"), "disk.raw.zst"),
+        "qcow2": (cdi_path("disk.qcow2", "qcow2"), "disk.qcow2"),
+        "vmdk": (cdi_path("disk.vmdk", "vmdk"), "disk.vmdk"),
+        "vmdk-stream": (cdi_path("disk-stream.vmdk", "vmdk"), "disk-stream.vmdk"),
+        "vdi": (cdi_path("disk.vdi", "vdi"), "disk.vdi"),
+        "vhd": (cdi_path("disk.vhd", "vpc"), "disk.vhd"),
+        "vhdx": (cdi_path("disk.vhdx", "vhdx"), "disk.vhdx"),
+        "raw.gz": (cdi_path("disk.raw.gz", "raw", "gzip -d >"), "disk.raw.gz"),
+        "qcow2.xz": (cdi_path("disk.qcow2.xz", "qcow2", "xz -d >"), "disk.qcow2.xz"),
     }
+    cases = {name: (shell, [cdi, "import", f"{base}/{file}", str(out), "--no-progress"])
+             for name, (shell, file) in theirs.items()}
     if args.cases:
         cases = {name: cases[name] for name in args.cases.split(",")}
     sides = {"ours": cdi, **({"before": args.before} if args.before else {})}
