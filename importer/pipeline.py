@@ -166,6 +166,9 @@ class _Run:
         self.scratch_bytes = 0
         self.disk_size = 0
         self.plan: StreamPlan | None = None
+        self.planned = False
+        """Whether a reader's planner already looked at this source (its answer, a plan or
+        ``None``, stands: the route is chosen twice for a source with random access)."""
         self.cleanup = ExitStack()
 
     @property
@@ -301,12 +304,14 @@ class _Run:
         planner = {"vmdk": plan_vmdk, "vdi": plan_vdi, "vhd": plan_vhd, "vhdx": plan_vhdx}.get(kind)
         if planner is None:
             return False
-        if self.plan is None:
+        if not self.planned:
             try:
                 if self.info.random_access and not self.compression:
                     self.plan = planner(self.source.read_at, self.info.size)
+                    self.planned = True
                 elif self.reader is not None:
                     self.plan = planner(lookahead_read_at(self.reader.peek), None)
+                    self.planned = True
             except (struct.error, ValueError, OverflowError) as error:  # as inspect_image does
                 raise InvalidImage(f"the {kind} image's header or tables are malformed: "
                                    f"{error}") from error

@@ -31,7 +31,8 @@ from typing import Callable, Iterator
 import pytest
 
 import cdi
-from importer.formats import runs, vmdk
+from importer.formats import runs, vmdk, vmdk_plan
+from importer.formats.vmdk_plan import plan_vmdk
 from tests.importer.stream_disks import SIZE, disk_dir, expect_refused
 from tests.servers.images import raw_digest, sha256_file
 from tests.servers.nginx import Nginx, start_nginx
@@ -128,6 +129,25 @@ def test_grains_out_of_order_keep_the_qemu_route(served: Served, tmp_path: Path)
                               scratch_dir=tmp_path / "scratch")
     assert result.route == "qemu-scratch"
     assert sha256_file(tmp_path / "b" / "disk.img") == served.digest
+
+
+def test_a_declined_image_is_planned_once(served: Served, tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The route is chosen twice for a file with random access (before and after the stream
+    opens); the reader's verdict on the tables is kept, not read again by range."""
+    image = bytearray((served.www / "sparse.vmdk").read_bytes())
+    swap_first_grains(image)
+    (served.www / "declined.vmdk").write_bytes(image)
+    planned: list[int | None] = []
+
+    def counting(read_at: runs.ReadAt, size: int | None, lookahead: int | None = None) -> runs.StreamPlan | None:
+        planned.append(size)
+        return plan_vmdk(read_at, size, lookahead)
+
+    monkeypatch.setattr(vmdk_plan, "plan_vmdk", counting)
+    result = cdi.import_image(f"{served.nginx.http}/declined.vmdk", tmp_path / "disk.img")
+    assert result.route == "qemu-nbd"
+    assert planned == [len(image)]
 
 
 def test_tables_beyond_the_lookahead_keep_the_qemu_route(served: Served, tmp_path: Path,
