@@ -8,6 +8,7 @@ are all exercised whatever the format's block size.
 
 from __future__ import annotations
 
+import gzip
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,3 +68,13 @@ def expect_refused(source: str, tmp_path: Path, match: str, **options: object) -
         cdi.import_image(source, target, **options)  # type: ignore[arg-type]
     assert type(caught.value).__name__ in ("InvalidImage", "ImageTooLarge"), caught.value
     assert list(target.iterdir()) == []  # aborted: no disk.img, no partial file
+
+
+def expect_refused_served(www: Path, base_url: str, name: str, image: bytes, tmp_path: Path, match: str,
+                          **gz_options: object) -> None:
+    """Serves a hostile ``image`` as ``name`` and gzipped: both imports over HTTP are refused
+    (the compressed one with ``gz_options``, e.g. a scratch directory)."""
+    (www / name).write_bytes(image)
+    (www / f"{name}.gz").write_bytes(gzip.compress(image, 1))
+    expect_refused(f"{base_url}/{name}", tmp_path / "http", match)
+    expect_refused(f"{base_url}/{name}.gz", tmp_path / "gz", match, **gz_options)

@@ -24,7 +24,7 @@ from typing import Callable, Iterator
 import pytest
 
 import cdi
-from tests.importer.stream_disks import SIZE, disk_dir, expect_refused
+from tests.importer.stream_disks import SIZE, disk_dir, expect_refused_served
 from tests.servers.images import raw_digest, sha256_file
 from tests.servers.nginx import Nginx, start_nginx
 from tests.servers.pki import TestCA
@@ -130,8 +130,5 @@ HOSTILE: dict[str, tuple[Edit, str]] = {
 def test_hostile_images(served: Served, tmp_path: Path, name: str) -> None:
     edit, match = HOSTILE[name]
     image = edit(bytearray((served.www / "dynamic.vdi").read_bytes()))
-    served_name = f"evil-{name.replace(' ', '-')}.vdi"
-    (served.www / served_name).write_bytes(image)
-    (served.www / f"{served_name}.gz").write_bytes(gzip.compress(bytes(image), 1))
-    for n, url in enumerate((f"{served.nginx.http}/{served_name}", f"{served.nginx.http}/{served_name}.gz")):
-        expect_refused(url, tmp_path / str(n), match)
+    expect_refused_served(served.www, served.nginx.http, f"evil-{name.replace(' ', '-')}.vdi", bytes(image),
+                          tmp_path, match)

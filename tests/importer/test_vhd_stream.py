@@ -26,7 +26,7 @@ import pytest
 
 import cdi
 from importer.formats.vhd import footer_checksum
-from tests.importer.stream_disks import disk_dir, expect_refused
+from tests.importer.stream_disks import disk_dir, expect_refused_served
 from tests.servers.images import raw_digest, sha256_file
 from tests.servers.nginx import Nginx, start_nginx
 from tests.servers.pki import TestCA
@@ -153,8 +153,5 @@ HOSTILE: dict[str, tuple[Edit, str]] = {
 def test_hostile_images(served: Served, tmp_path: Path, name: str) -> None:
     edit, match = HOSTILE[name]
     image = edit(bytearray((served.www / "disk.vhd").read_bytes()))
-    served_name = f"evil-{name.replace(' ', '-')}.vhd"
-    (served.www / served_name).write_bytes(image)
-    (served.www / f"{served_name}.gz").write_bytes(gzip.compress(bytes(image), 1))
-    for n, url in enumerate((f"{served.nginx.http}/{served_name}", f"{served.nginx.http}/{served_name}.gz")):
-        expect_refused(url, tmp_path / str(n), match)
+    expect_refused_served(served.www, served.nginx.http, f"evil-{name.replace(' ', '-')}.vhd", bytes(image),
+                          tmp_path, match)

@@ -39,7 +39,7 @@ import pytest
 import cdi
 from importer.formats import vhdx_plan
 from importer.formats.crc32c import with_checksum_zeroed
-from tests.importer.stream_disks import SIZE, disk_dir, expect_refused
+from tests.importer.stream_disks import SIZE, disk_dir, expect_refused, expect_refused_served
 from tests.servers.badserver import BadServer
 from tests.servers.images import raw_digest, sha256_file
 from tests.servers.nginx import Nginx, start_nginx
@@ -327,9 +327,6 @@ def test_hostile_images(served: Served, tmp_path: Path, name: str) -> None:
     edit, match = HOSTILE[name]
     image = edit(bytearray((served.www / "dynamic-1m.vhdx").read_bytes()))
     served_name = f"evil-{name.replace(' ', '-').replace(',', '')}.vhdx"
-    (served.www / served_name).write_bytes(image)
-    (served.www / f"{served_name}.gz").write_bytes(gzip.compress(bytes(image), 1))
+    expect_refused_served(served.www, served.nginx.http, served_name, bytes(image), tmp_path, match,
+                          scratch_dir=tmp_path / "scratch")
     expect_refused(str(served.www / served_name), tmp_path / "local", match)
-    expect_refused(f"{served.nginx.http}/{served_name}", tmp_path / "http", match)
-    expect_refused(f"{served.nginx.http}/{served_name}.gz", tmp_path / "gz", match,
-                    scratch_dir=tmp_path / "scratch")
